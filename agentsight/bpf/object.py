@@ -1,0 +1,186 @@
+"""One loaded BPF object: its settings, programs, links and counters."""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from pathlib import Path
+
+from ..errors import AgentsightError
+from .libbpf import ffi, lib, strerror, take_log
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_OBJECT_DIRS = (PACKAGE_DIR / "_native" / "bpf", PACKAGE_DIR.parent / "prebuilt")
+
+
+def object_path(name: str) -> Path:
+    """The prebuilt object `name` (e.g. "ssl.bpf.o"), installed or in a checkout."""
+    for directory in _OBJECT_DIRS:
+        path = directory / name
+        if path.exists():
+            return path
+    raise AgentsightError(
+        f"BPF object {name} is missing from this installation (looked in "
+        + ", ".join(str(d) for d in _OBJECT_DIRS)
+        + "); reinstall agentsight."
+    )
+
+
+def _explain(action: str, err: int) -> str:
+    lines = [line.rstrip() for line in "".join(take_log()).splitlines() if line.strip()]
+    detail = ""
+    if lines:
+        detail = "\nlibbpf said:\n  " + "\n  ".join(lines[-15:])
+    if err == errno.EPERM and os.geteuid() != 0:
+        hint = " Run agentsight as root (sudo); in a container it needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN."
+    else:
+        hint = ""
+    return f"{action} failed: {strerror(err)}.{hint}{detail}"
+
+
+class BpfObject:
+    """Opens, configures and loads one prebuilt object; owns its links.
+
+    `config` is written over the object's .rodata (struct config in
+    csrc/events.h) before load. `ring_size` replaces the size of the
+    `events` ring buffer. Programs named in `disabled` are not loaded.
+    """
+
+    def __init__(self, name: str, config: bytes, ring_size: int, disabled: frozenset[str] = frozenset()):
+        self.name = name
+        self._links: list = []
+        _raise_memlock()
+        libbpf = lib()
+        path = object_path(name)
+        take_log()
+        obj = libbpf.bpf_object__open_file(str(path).encode(), ffi.NULL)
+        if obj == ffi.NULL:
+            raise AgentsightError(_explain(f"opening {path}", ffi.errno))
+        self._obj = obj
+        try:
+            self._configure(config, ring_size, disabled)
+            if libbpf.bpf_object__load(obj) != 0:
+                raise AgentsightError(_explain(f"loading {name} into the kernel", ffi.errno))
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, config: bytes, ring_size: int, disabled: frozenset[str]) -> None:
+        libbpf = lib()
+        rodata = self._find_map(lambda n: n.endswith(".rodata"))
+        size = ffi.new("size_t *")
+        initial = libbpf.bpf_map__initial_value(rodata, size)
+        # struct config must be the only read-only global, so it sits at offset 0.
+        if initial == ffi.NULL or size[0] != len(config):
+            raise AgentsightError(f"{self.name}: .rodata is {size[0]} bytes, expected struct config ({len(config)})")
+        ffi.memmove(initial, config, len(config))
+        if ring_size & (ring_size - 1) or ring_size < 4096:
+            raise AgentsightError(f"ring buffer size must be a power of two of at least 4096 bytes, not {ring_size}", 2)
+        events = self._find_map(lambda n: n == "events")
+        if libbpf.bpf_map__set_max_entries(events, ring_size) != 0:
+            raise AgentsightError(_explain("sizing the ring buffer", ffi.errno))
+        for prog in self.programs():
+            if ffi.string(libbpf.bpf_program__name(prog)).decode() in disabled:
+                libbpf.bpf_program__set_autoload(prog, False)
+
+    def _find_map(self, match):
+        libbpf = lib()
+        m = libbpf.bpf_object__next_map(self._obj, ffi.NULL)
+        while m != ffi.NULL:
+            if match(ffi.string(libbpf.bpf_map__name(m)).decode()):
+                return m
+            m = libbpf.bpf_object__next_map(self._obj, m)
+        raise AgentsightError(f"{self.name}: expected map not found; the object does not match this agentsight")
+
+    def programs(self):
+        libbpf = lib()
+        prog = libbpf.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            yield prog
+            prog = libbpf.bpf_object__next_program(self._obj, prog)
+
+    def program(self, name: str):
+        prog = lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        if prog == ffi.NULL:
+            raise AgentsightError(f"{self.name}: no program {name}")
+        return prog
+
+    def map_fd(self, name: str) -> int:
+        m = lib().bpf_object__find_map_by_name(self._obj, name.encode())
+        if m == ffi.NULL:
+            raise AgentsightError(f"{self.name}: no map {name}")
+        return lib().bpf_map__fd(m)
+
+    def attach(self, program: str) -> None:
+        """Attach by the program's section name (tracepoints, tp_btf)."""
+        take_log()
+        link = lib().bpf_program__attach(self.program(program))
+        if link == ffi.NULL:
+            raise AgentsightError(_explain(f"attaching {program}", ffi.errno))
+        self._links.append(link)
+
+    def attach_uprobe(self, program: str, binary: str, offset: int, retprobe: bool = False, pid: int = -1) -> None:
+        take_log()
+        link = lib().bpf_program__attach_uprobe(self.program(program), retprobe, pid, binary.encode(), offset)
+        if link == ffi.NULL:
+            kind = "uretprobe" if retprobe else "uprobe"
+            raise AgentsightError(_explain(f"attaching {kind} {program} to {binary}+{offset:#x}", ffi.errno))
+        self._links.append(link)
+
+    @property
+    def link_count(self) -> int:
+        return len(self._links)
+
+    def stats(self, count: int) -> list[int]:
+        """Per-CPU counters of the `stats` map, summed over CPUs."""
+        fd = self.map_fd("stats")
+        ncpu = _possible_cpus()
+        values = ffi.new("uint64_t[]", ncpu)
+        key = ffi.new("uint32_t *")
+        totals = []
+        for index in range(count):
+            key[0] = index
+            if lib().bpf_map_lookup_elem(fd, key, values) != 0:
+                totals.append(0)
+                continue
+            totals.append(sum(values[i] for i in range(ncpu)))
+        return totals
+
+    def detach(self) -> None:
+        # Each uprobe link costs ~0.1 s to destroy (an RCU grace period in the
+        # kernel, serialised even across threads).
+        destroy = lib().bpf_link__destroy
+        while self._links:
+            destroy(self._links.pop())
+
+    def close(self) -> None:
+        self.detach()
+        if getattr(self, "_obj", None) is not None:
+            lib().bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _raise_memlock() -> None:
+    # Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+
+
+def _possible_cpus() -> int:
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count

@@ -1,0 +1,68 @@
+"""Draining the BPF ring buffers of one or more objects."""
+from __future__ import annotations
+
+from ..errors import AgentsightError
+from .libbpf import ffi, lib
+from .object import BpfObject
+
+
+class RingReader:
+    """Collects raw records from the `events` ring buffer of each object.
+
+    The C callback only copies the record out; decoding happens in batches
+    after the poll returns, so a bad record can never make libbpf drop the
+    ones behind it (a callback that returns an error loses its record).
+    """
+
+    def __init__(self) -> None:
+        self._rb = ffi.NULL
+        self._batch: list[bytes] = []
+        self.callback_errors = 0
+        append = self._batch.append
+        buffer = ffi.buffer
+
+        def on_record(_ctx, data, size):
+            append(buffer(data, size)[:])
+            return 0
+
+        def on_error(_exc, _value, _tb):
+            self.callback_errors += 1
+            return 0
+
+        self._callback = ffi.callback("int(void *, void *, size_t)", on_record, onerror=on_error)
+
+    def add(self, obj: BpfObject) -> None:
+        fd = obj.map_fd("events")
+        libbpf = lib()
+        if self._rb == ffi.NULL:
+            rb = libbpf.ring_buffer__new(fd, self._callback, ffi.NULL, ffi.NULL)
+            if rb == ffi.NULL:
+                raise AgentsightError(f"cannot open the ring buffer of {obj.name}: errno {ffi.errno}")
+            self._rb = rb
+        elif libbpf.ring_buffer__add(self._rb, fd, self._callback, ffi.NULL) != 0:
+            raise AgentsightError(f"cannot add the ring buffer of {obj.name}: errno {ffi.errno}")
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for a wake-up, then drain every ring.
+
+        The programs wake us only when data piles up; the drain after the
+        wait picks up whatever arrived without a wake-up.
+        """
+        libbpf = lib()
+        libbpf.ring_buffer__poll(self._rb, timeout_ms)
+        libbpf.ring_buffer__consume(self._rb)
+        return self.take()
+
+    def drain(self) -> list[bytes]:
+        lib().ring_buffer__consume(self._rb)
+        return self.take()
+
+    def take(self) -> list[bytes]:
+        batch = self._batch[:]
+        self._batch.clear()
+        return batch
+
+    def close(self) -> None:
+        if self._rb != ffi.NULL:
+            lib().ring_buffer__free(self._rb)
+            self._rb = ffi.NULL

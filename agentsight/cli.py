@@ -1,0 +1,131 @@
+"""Command line: python -m agentsight COMMAND ..."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .errors import AgentsightError
+
+DEFAULT_RING_SIZE = 32 << 20
+DEFAULT_WAKEUP_BYTES = 256 << 10
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 256K, 32M)") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
+    p.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
+                   help="ring buffer size per BPF object, a power of two (default: 32M)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentsight",
+        description="Zero-instrumentation observability for AI agents, with eBPF. "
+        "Capture commands need root and print one JSON object per line until Ctrl-C.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentsight {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ssl = sub.add_parser("ssl", help="capture TLS plaintext (OpenSSL in libssl and node)",
+                         description="Capture the plaintext of TLS reads and writes, as JSON lines.")
+    ssl.add_argument("--pid", type=int, help="only this process")
+    ssl.add_argument("--comm", help="only tasks with this name (as in /proc/PID/comm)")
+    ssl.add_argument("--uid", type=int, help="only this user id")
+    ssl.add_argument("--binary", metavar="PATH", help="hook this file only, instead of discovering TLS libraries")
+    ssl.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
+                     help="bytes captured per call at most; the rest is reported as truncated (default: 1M)")
+    _add_common(ssl)
+
+    proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
+                          description="Capture process activity, as JSON lines.")
+    proc.add_argument("--pid", type=int, help="only this process")
+    proc.add_argument("--comm", help="only tasks with this name")
+    proc.add_argument("--no-open", action="store_true", help="leave out file opens")
+    _add_common(proc)
+    return parser
+
+
+def _ready(description: str) -> None:
+    print(f"ready: {description}", file=sys.stderr, flush=True)
+
+
+def _run_capture(collectors, output: str | None, duration: float | None) -> int:
+    from .capture import Capture, print_summary
+    from .sinks.jsonl import JsonlSink
+
+    sink = JsonlSink(output)
+
+    def emit(events: list[dict]) -> bool:
+        try:
+            sink.write_many(events)
+            sink.flush()
+        except BrokenPipeError:
+            # The reader of stdout went away (e.g. `| head`): stop quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return False
+        return True
+
+    try:
+        summary = Capture(collectors, emit).run(duration=duration, ready=_ready)
+    finally:
+        try:
+            sink.close()
+        except BrokenPipeError:
+            pass
+    print_summary(summary)
+    for collector in collectors:
+        for note in getattr(collector, "notes", []):
+            print(f"agentsight: note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_ssl(args) -> int:
+    from .collectors.base import Filters
+    from .collectors.ssl import SslCollector
+
+    filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
+    collector = SslCollector(filters, args.ring_size, DEFAULT_WAKEUP_BYTES, args.max_capture, args.binary)
+    return _run_capture([collector], args.output, args.duration)
+
+
+def cmd_process(args) -> int:
+    from .collectors.base import Filters
+    from .collectors.process import ProcessCollector
+
+    filters = Filters(pid=args.pid, comm=args.comm)
+    collector = ProcessCollector(filters, args.ring_size, DEFAULT_WAKEUP_BYTES, opens=not args.no_open)
+    return _run_capture([collector], args.output, args.duration)
+
+
+COMMANDS = {"ssl": cmd_ssl, "process": cmd_process}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    if getattr(args, "pid", None) is not None and not os.path.exists(f"/proc/{args.pid}"):
+        print(f"agentsight: --pid {args.pid}: no such process", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except AgentsightError as exc:
+        print(f"agentsight: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

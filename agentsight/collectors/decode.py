@@ -1,0 +1,220 @@
+"""Raw ring-buffer records -> event dicts (docs/events.md).
+
+This is the hot path: one struct unpack per record, names and comms
+decoded once and cached, SSL calls larger than one record merged back
+into one event. Nothing here raises on a bad record: it is counted.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+
+from ..events import (
+    EVENT_EXEC,
+    EVENT_EXIT,
+    EVENT_FORK,
+    EVENT_OPEN,
+    EVENT_SSL,
+    FAST,
+    KIND_OFFSET,
+    SSL_DIRECTIONS,
+    SSL_FUNCTIONS,
+)
+
+
+def monotonic_to_unix_offset() -> int:
+    """Nanoseconds to add to CLOCK_MONOTONIC (bpf_ktime_get_ns) for Unix time."""
+    before = time.monotonic_ns()
+    wall = time.time_ns()
+    after = time.monotonic_ns()
+    return wall - (before + after) // 2
+
+
+def _payload(ev: dict, data: bytes) -> None:
+    try:
+        ev["data"] = data.decode()
+    except UnicodeDecodeError:
+        ev["data_b64"] = base64.b64encode(data).decode()
+
+
+def _decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
+    sig = status & 0x7F
+    if sig:
+        return None, sig, bool(status & 0x80)
+    return (status >> 8) & 0xFF, None, False
+
+
+class _PendingCall:
+    __slots__ = ("event", "parts", "received", "expected", "since")
+
+    def __init__(self, event: dict, data: bytes, expected: int):
+        self.event = event
+        self.parts = [data]
+        self.received = len(data)
+        self.expected = expected
+        self.since = time.monotonic()
+
+
+class RecordDecoder:
+    """Decodes batches of raw records; counts what it could not decode.
+
+    counts: events emitted per type. bad_records: records that were too
+    short, of an unknown kind or out of sequence. truncated_bytes: SSL
+    bytes not captured (over the per-call limit, or cut by a full ring).
+    """
+
+    STALE_SECONDS = 2.0
+
+    def __init__(self, clock_offset_ns: int | None = None):
+        self.clock_offset_ns = monotonic_to_unix_offset() if clock_offset_ns is None else clock_offset_ns
+        self.counts: Counter[str] = Counter()
+        self.bad_records = 0
+        self.bad_reasons: Counter[str] = Counter()
+        self.truncated_bytes = 0
+        self.gap_bytes = 0
+        self._comms: dict[bytes, str] = {}
+        self._pending: dict[int, _PendingCall] = {}
+        self._handlers = {
+            EVENT_SSL: self._ssl,
+            EVENT_EXEC: self._exec,
+            EVENT_EXIT: self._exit,
+            EVENT_FORK: self._fork,
+            EVENT_OPEN: self._open,
+        }
+
+    def decode(self, records: list[bytes]) -> list[dict]:
+        out: list[dict] = []
+        handlers = self._handlers
+        for record in records:
+            try:
+                handler = handlers[record[KIND_OFFSET]]
+            except (KeyError, IndexError):
+                self._bad("unknown kind" if len(record) > KIND_OFFSET else "short record")
+                continue
+            try:
+                handler(record, out)
+            except Exception as exc:  # a malformed record must not stop the stream
+                self._bad(f"{type(exc).__name__}: {exc}")
+        return out
+
+    def flush(self, older_than: float | None = None) -> list[dict]:
+        """Emit SSL calls still waiting for pieces (all, or those pending longer
+        than `older_than` seconds); their missing bytes count as truncated."""
+        if not self._pending:
+            return []
+        now = time.monotonic()
+        out: list[dict] = []
+        for tid in list(self._pending):
+            pending = self._pending[tid]
+            if older_than is None or now - pending.since >= older_than:
+                del self._pending[tid]
+                self._finish(pending, out)
+        return out
+
+    def _bad(self, reason: str) -> None:
+        self.bad_records += 1
+        self.bad_reasons[reason] += 1
+
+    def _header(self, kind: str, fields: tuple) -> dict:
+        comm = self._comms.get(fields[5])
+        if comm is None:
+            comm = fields[5].split(b"\0", 1)[0].decode("utf-8", "replace")
+            if len(self._comms) < 65536:
+                self._comms[fields[5]] = comm
+        self.counts[kind] += 1
+        return {
+            "type": kind,
+            "ts": fields[0] + self.clock_offset_ns,
+            "pid": fields[1],
+            "tid": fields[2],
+            "comm": comm,
+            "uid": fields[3],
+        }
+
+    # Field positions follow the layouts in agentsight/events.py.
+    _SSL = FAST[EVENT_SSL]
+
+    def _ssl(self, record: bytes, out: list) -> None:
+        (ts, pid, tid, uid, kind, comm, conn, latency, ret, length, offset, data_len,
+         truncated, gap, fn, direction, last, data) = self._SSL.decode(record)
+        if offset:
+            pending = self._pending.get(tid)
+            if pending is None or pending.received != offset or pending.event["conn"] != conn:
+                self._bad("ssl piece without its start")
+                return
+            pending.parts.append(data)
+            pending.received += len(data)
+            if last:
+                del self._pending[tid]
+                self._finish(pending, out)
+            return
+        previous = self._pending.pop(tid, None)
+        if previous is not None:
+            self._finish(previous, out)
+        ev = self._header("ssl", (ts, pid, tid, uid, kind, comm))
+        ev["fn"] = SSL_FUNCTIONS[fn]
+        ev["dir"] = SSL_DIRECTIONS[direction]
+        ev["conn"] = conn
+        ev["len"] = length
+        ev["truncated"] = truncated
+        ev["gap"] = gap
+        ev["latency_ns"] = latency
+        ev["ret"] = ret
+        self.gap_bytes += gap
+        if last:
+            self.truncated_bytes += truncated
+            _payload(ev, data)
+            out.append(ev)
+        else:
+            self._pending[tid] = _PendingCall(ev, data, length - truncated)
+
+    def _finish(self, pending: _PendingCall, out: list) -> None:
+        ev = pending.event
+        missing = pending.expected - pending.received
+        ev["truncated"] += missing
+        self.truncated_bytes += ev["truncated"]
+        _payload(ev, b"".join(pending.parts))
+        out.append(ev)
+
+    _EXEC = FAST[EVENT_EXEC]
+
+    def _exec(self, record: bytes, out: list) -> None:
+        f = self._EXEC.decode(record)
+        ev = self._header("exec", f[:6])
+        ev["ppid"] = f[6]
+        ev["filename"] = f[10].decode("utf-8", "replace")
+        args = f[11].split(b"\0")
+        if args and args[-1] == b"":
+            args.pop()
+        ev["argv"] = [a.decode("utf-8", "replace") for a in args]
+        ev["argv_truncated"] = bool(f[9])
+        out.append(ev)
+
+    _EXIT = FAST[EVENT_EXIT]
+
+    def _exit(self, record: bytes, out: list) -> None:
+        f = self._EXIT.decode(record)
+        ev = self._header("exit", f[:6])
+        ev["exit_code"], ev["signal"], ev["core_dumped"] = _decode_exit_status(f[7])
+        ev["duration_ns"] = f[6]
+        ev["ppid"] = f[8]
+        out.append(ev)
+
+    _FORK = FAST[EVENT_FORK]
+
+    def _fork(self, record: bytes, out: list) -> None:
+        f = self._FORK.decode(record)
+        ev = self._header("fork", f[:6])
+        ev["child_pid"] = f[6]
+        out.append(ev)
+
+    _OPEN = FAST[EVENT_OPEN]
+
+    def _open(self, record: bytes, out: list) -> None:
+        f = self._OPEN.decode(record)
+        ev = self._header("open", f[:6])
+        ev["path"] = f[9].decode("utf-8", "replace")
+        ev["flags"] = f[7]
+        ev["ret"] = f[6]
+        out.append(ev)

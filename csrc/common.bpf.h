@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* What every agentsight BPF object has: its settings, a ring buffer, loss
+ * counters, the filters and the record submission with deferred wake-ups. */
+#ifndef AGENTSIGHT_COMMON_BPF_H
+#define AGENTSIGHT_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+const volatile struct config cfg = {};
+
+/* User space sets the real size before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 index, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &index);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline bool task_wanted(void)
+{
+	if (cfg.tgid && (bpf_get_current_pid_tgid() >> 32) != cfg.tgid)
+		return false;
+	if (cfg.filter_uid && (__u32)bpf_get_current_uid_gid() != cfg.uid)
+		return false;
+	if (cfg.comm[0]) {
+		char comm[TASK_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < TASK_COMM_LEN; i++) {
+			if (comm[i] != cfg.comm[i])
+				return false;
+			if (!comm[i])
+				break;
+		}
+	}
+	return true;
+}
+
+static __always_inline void fill_header(struct event_header *hdr, __u16 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	hdr->ts_ns = bpf_ktime_get_ns();
+	hdr->pid = id >> 32;
+	hdr->tid = (__u32)id;
+	hdr->uid = (__u32)bpf_get_current_uid_gid();
+	hdr->kind = kind;
+	hdr->reserved = 0;
+	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
+}
+
+/* Waking the consumer for every record costs the traced call several
+ * microseconds; it is woken only once wakeup_bytes are pending and otherwise
+ * drains the ring on its own short timer. */
+static __always_inline long submit(void *record, __u64 size, __u64 payload)
+{
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = pending + size >= cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	long err = bpf_ringbuf_output(&events, record, size, flags);
+
+	if (err) {
+		stat_add(STAT_RING_FULL, 1);
+		stat_add(STAT_RING_FULL_BYTES, payload);
+	}
+	return err;
+}
+
+#endif

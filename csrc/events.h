@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Event records written to the ring buffers, shared by every BPF program.
+ * agentsight/events.py describes the same layouts with construct; a test
+ * compares both against the BTF of the compiled objects. Every field is
+ * naturally aligned so the layouts need no packing rules. */
+#ifndef AGENTSIGHT_EVENTS_H
+#define AGENTSIGHT_EVENTS_H
+
+#define TASK_COMM_LEN 16
+
+/* Largest piece of one SSL call carried by a single record; bigger calls are
+ * split into several records with increasing offsets. Power of two. */
+#define SSL_CHUNK 16384
+/* Bytes of a new program's argument area captured at exec. Power of two. */
+#define ARGS_MAX 8192
+#define FILENAME_MAX_LEN 512
+#define PATH_MAX_LEN 512
+
+enum event_kind {
+	EVENT_SSL = 1,
+	EVENT_EXEC = 2,
+	EVENT_EXIT = 3,
+	EVENT_FORK = 4,
+	EVENT_OPEN = 5,
+};
+
+struct event_header {
+	__u64 ts_ns; /* CLOCK_MONOTONIC */
+	__u32 pid;   /* thread group id */
+	__u32 tid;
+	__u32 uid;
+	__u16 kind;  /* enum event_kind */
+	__u16 reserved;
+	char comm[TASK_COMM_LEN];
+};
+
+enum ssl_fn {
+	FN_SSL_WRITE = 0,
+	FN_SSL_READ = 1,
+	FN_SSL_WRITE_EX = 2,
+	FN_SSL_READ_EX = 3,
+	FN_SSL_DO_HANDSHAKE = 4,
+};
+
+enum ssl_dir {
+	DIR_SEND = 0,
+	DIR_RECV = 1,
+	DIR_HANDSHAKE = 2,
+};
+
+struct ssl_event {
+	struct event_header hdr;
+	__u64 conn;       /* id of the TLS session, assigned in the kernel */
+	__u64 latency_ns; /* time spent inside the call */
+	__s64 ret;        /* the function's return value */
+	__u32 len;        /* bytes the call transferred */
+	__u32 offset;     /* position of data[0] within the call's bytes */
+	__u32 data_len;   /* bytes of data[] in this record */
+	__u32 truncated;  /* bytes of the call beyond the capture limit */
+	__u32 gap;        /* bytes of this conn and direction lost before this call */
+	__u8 fn;          /* enum ssl_fn */
+	__u8 dir;         /* enum ssl_dir */
+	__u8 last;        /* 1 on the call's final record */
+	__u8 reserved;
+	char data[SSL_CHUNK];
+};
+
+struct exec_event {
+	struct event_header hdr;
+	__u32 ppid;
+	__u32 filename_len;
+	__u32 args_len;       /* NUL-separated argv bytes after the file name */
+	__u32 args_truncated; /* 1 when the argument area was longer than ARGS_MAX */
+	char data[FILENAME_MAX_LEN + ARGS_MAX];
+};
+
+struct exit_event {
+	struct event_header hdr;
+	__u64 duration_ns;
+	__u32 exit_code; /* wait status: code << 8 | signal | 0x80 if core dumped */
+	__u32 ppid;
+};
+
+struct fork_event {
+	struct event_header hdr;
+	__u32 child_pid;
+	__u32 reserved;
+};
+
+struct open_event {
+	struct event_header hdr;
+	__s64 ret;
+	__s32 flags;
+	__u32 path_len;
+	char path[PATH_MAX_LEN];
+};
+
+/* Settings written into each object's .rodata before it is loaded, so the
+ * verifier prunes the filters that are off. */
+struct config {
+	__u32 tgid;         /* only this process; 0: any */
+	__u32 uid;          /* only this real uid, when filter_uid is set */
+	__u32 filter_uid;
+	__u32 max_capture;  /* ssl: bytes of one call captured at most */
+	__u64 wakeup_bytes; /* wake the consumer once this much data is pending */
+	char comm[TASK_COMM_LEN]; /* only tasks of this name; "": any */
+};
+
+/* Indexes of the per-CPU counters in the `stats` map of each object. */
+enum stat_index {
+	STAT_RING_FULL = 0,      /* records the ring buffer had no room for */
+	STAT_RING_FULL_BYTES = 1,/* captured payload bytes in those records */
+	STAT_CALLS_UNMATCHED = 2,/* returns seen without their entry */
+	STAT_READ_FAULT = 3,     /* user memory that could not be read */
+	STAT_MAX = 4,
+};
+
+#endif

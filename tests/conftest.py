@@ -1,0 +1,38 @@
+import pytest
+
+from support import HttpsServer, RunningCapture, bpf_unavailable_reason
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "bpf" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bpf: loads real BPF programs (needs root and a BTF kernel)")
+
+
+@pytest.fixture
+def https_server(tmp_path):
+    server = HttpsServer(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def capture(tmp_path):
+    """capture(args...) starts agentsight; every capture is stopped or killed at teardown."""
+    started: list[RunningCapture] = []
+
+    def start(*args: str, **kwargs) -> RunningCapture:
+        run = RunningCapture(list(args), tmp_path / f"capture{len(started)}.jsonl", **kwargs)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()

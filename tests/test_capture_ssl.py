@@ -1,0 +1,173 @@
+"""The ssl collector against real clients and a real local HTTPS server."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from support import pattern_bytes, stream
+
+pytestmark = pytest.mark.bpf
+
+PY_CLIENT = textwrap.dedent(
+    """
+    import ssl, sys, urllib.request
+    url, cafile, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+    ctx = ssl.create_default_context(cafile=cafile)
+    data = body if body else None
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), context=ctx) as r:
+        got = r.read()
+    sys.stdout.write(str(len(got)))
+    """
+)
+
+NODE_CLIENT = textwrap.dedent(
+    """
+    const https = require('https'); const fs = require('fs');
+    const [url, cafile, body] = process.argv.slice(1);
+    const req = https.request(url, {method: 'POST', ca: fs.readFileSync(cafile),
+        headers: {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)}}, res => {
+      let n = 0; res.on('data', d => n += d.length); res.on('end', () => process.stdout.write(String(n)));
+    });
+    req.end(body);
+    """
+)
+
+
+@pytest.mark.parametrize("client", ["curl", "python", "node"])
+def test_request_and_response_bodies_are_captured(client, https_server, capture):
+    if client == "node" and not shutil.which("node"):
+        pytest.fail("node is not installed; the test setup installs it (scripts/test.sh)")
+    run = capture("ssl")
+    body = f"request-from-{client}-{uuid.uuid4().hex}"
+    result = _run_with_pid(client, https_server.url + "/echo", str(https_server.cert), body)
+    events, stderr = run.stop()
+    pid = result["pid"]
+
+    client_events = [e for e in events if e["pid"] == pid and e["type"] == "ssl" and e["dir"] != "handshake"]
+    assert client_events, f"no ssl events for {client} pid {pid}; stderr: {stderr}"
+    sent = stream(events, pid, "send")
+    received = stream(events, pid, "recv")
+    # Request line, headers, then exactly the body that was sent.
+    assert sent.startswith(b"POST /echo HTTP/1.1\r\n")
+    assert sent.endswith(b"\r\n\r\n" + body.encode())
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.endswith(b"\r\n\r\necho:" + body.encode())
+    assert {e["conn"] for e in client_events} == {client_events[0]["conn"]}
+    for e in client_events:
+        assert e["len"] == len(e["data"].encode())
+        assert e["truncated"] == 0 and e["gap"] == 0
+        assert e["fn"] in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
+        assert e["comm"] and e["tid"] and e["ts"] > 1_600_000_000 * 10**9
+    expected_fns = {"python": {"SSL_write_ex", "SSL_read_ex"}, "curl": {"SSL_write", "SSL_read"},
+                    "node": {"SSL_write", "SSL_read"}}[client]
+    assert {e["fn"] for e in client_events} <= expected_fns
+
+    # The server (this test process, Python's ssl) saw the same request arrive.
+    server_received = stream(events, os.getpid(), "recv")
+    assert body.encode() in server_received
+    assert "ready" in stderr and "lost in the ring buffer: 0 records" in stderr
+
+
+def _run_with_pid(client: str, url: str, cafile: str, body: str) -> dict:
+    """Runs the client and returns its pid along with its output."""
+    if client == "curl":
+        cmd = ["curl", "-sS", "--http1.1", "--cacert", cafile, "--data-binary", body, url]
+    elif client == "python":
+        cmd = [sys.executable, "-c", PY_CLIENT, url, cafile, body]
+    else:
+        cmd = ["node", "-e", NODE_CLIENT, url, cafile, body]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return {"pid": proc.pid, "stdout": out}
+
+
+def test_handshake_is_reported_with_latency(https_server, capture):
+    run = capture("ssl")
+    result = _run_with_pid("curl", https_server.url + "/", str(https_server.cert), "")
+    events, _ = run.stop()
+    handshakes = [e for e in events if e["pid"] == result["pid"] and e["dir"] == "handshake"]
+    assert handshakes, "curl calls SSL_do_handshake; no handshake event"
+    assert handshakes[-1]["fn"] == "SSL_do_handshake"
+    assert handshakes[-1]["ret"] == 1
+    assert 0 < handshakes[-1]["latency_ns"] < 10 * 10**9
+
+
+def test_one_mebibyte_response_is_captured_whole(https_server, capture):
+    size = 1 << 20
+    run = capture("ssl")
+    result = _run_with_pid("python", f"{https_server.url}/bytes/{size}", str(https_server.cert), "")
+    assert result["stdout"] == str(size).encode()
+    events, stderr = run.stop()
+    received = stream(events, result["pid"], "recv")
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % size in head
+    assert body == pattern_bytes(size)
+    # The server wrote the whole body in one SSL_write_ex: reassembled from
+    # several records into one event.
+    big = [e for e in events if e["pid"] == os.getpid() and e["dir"] == "send" and e["len"] == size]
+    assert len(big) == 1 and big[0]["truncated"] == 0
+    assert big[0]["data"].encode() == pattern_bytes(size)
+    assert "truncated: 0 bytes" in stderr
+
+
+def test_calls_over_the_capture_limit_report_exact_truncation(https_server, capture):
+    size = 1 << 20
+    limit = 256 << 10
+    run = capture("ssl", "--max-capture", "256K", "--pid", str(os.getpid()))
+    result = _run_with_pid("python", f"{https_server.url}/bytes/{size}", str(https_server.cert), "")
+    assert result["stdout"] == str(size).encode()
+    events, stderr = run.stop()
+    big = [e for e in events if e["dir"] == "send" and e["len"] == size]
+    assert len(big) == 1
+    assert big[0]["truncated"] == size - limit
+    assert big[0]["data"].encode() == pattern_bytes(size)[:limit]
+    assert f"truncated: {size - limit} bytes" in stderr
+
+
+def test_pid_filter_excludes_other_processes(https_server, capture, tmp_path):
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline()\n" + PY_CLIENT,
+         https_server.url + "/echo", str(https_server.cert), "filtered-in"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        run = capture("ssl", "--pid", str(waiting.pid))
+        other = _run_with_pid("curl", https_server.url + "/echo", str(https_server.cert), "filtered-out")
+        out, err = waiting.communicate(b"go\n", timeout=60)
+        assert waiting.returncode == 0, err
+        events, _ = run.stop()
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert events, "the filtered process's traffic is missing"
+    assert {e["pid"] for e in events} == {waiting.pid}
+    assert b"filtered-in" in stream(events, waiting.pid, "send")
+    assert other["pid"] not in {e["pid"] for e in events}
+
+
+def test_comm_filter_is_applied_in_the_kernel(https_server, capture):
+    run = capture("ssl", "--comm", "curl")
+    curl = _run_with_pid("curl", https_server.url + "/echo", str(https_server.cert), "by-name")
+    py = _run_with_pid("python", https_server.url + "/echo", str(https_server.cert), "not-by-name")
+    events, _ = run.stop()
+    assert {e["comm"] for e in events} == {"curl"}
+    assert b"by-name" in stream(events, curl["pid"], "send")
+    assert py["pid"] not in {e["pid"] for e in events}
+
+
+def test_binary_override_hooks_only_that_file(https_server, capture):
+    node = shutil.which("node")
+    run = capture("ssl", "--binary", os.path.realpath(node))
+    node_run = _run_with_pid("node", https_server.url + "/echo", str(https_server.cert), "node-only")
+    curl = _run_with_pid("curl", https_server.url + "/echo", str(https_server.cert), "curl-absent")
+    events, stderr = run.stop()
+    assert "static-openssl" in stderr and "libssl.so" not in stderr.split("ready", 1)[1].splitlines()[0]
+    assert b"node-only" in stream(events, node_run["pid"], "send")
+    assert curl["pid"] not in {e["pid"] for e in events}
