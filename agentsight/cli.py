@@ -111,6 +111,7 @@ def cmd_process(args) -> int:
 
 
 COMMANDS = {"ssl": cmd_ssl, "process": cmd_process}
+NEEDS_BPF = {"ssl", "process"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentsight: --pid {args.pid}: no such process", file=sys.stderr)
         return 2
     try:
+        if args.command in NEEDS_BPF:
+            # Before importing anything heavy, so the answer does not depend on it.
+            from .bpf.preflight import check_can_trace
+
+            check_can_trace()
         return COMMANDS[args.command](args)
     except AgentsightError as exc:
         print(f"agentsight: {exc.message}", file=sys.stderr)

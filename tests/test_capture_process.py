@@ -1,0 +1,84 @@
+"""The process collector against real processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.bpf
+
+
+def test_shell_exec_open_and_exit_code(capture):
+    run = capture("process")
+    sh = subprocess.Popen(["sh", "-c", "ls /; exit 3"], stdout=subprocess.DEVNULL)
+    assert sh.wait(30) == 3
+    events, stderr = run.stop()
+
+    execs = [e for e in events if e["type"] == "exec" and e["pid"] == sh.pid]
+    assert execs and execs[0]["argv"] == ["sh", "-c", "ls /; exit 3"]
+    assert execs[0]["filename"].endswith("sh") and execs[0]["ppid"] == os.getpid()
+    assert execs[0]["uid"] == os.getuid() and execs[0]["argv_truncated"] is False
+
+    # ls runs as a child of the shell (dash forks for it).
+    forks = {e["child_pid"] for e in events if e["type"] == "fork" and e["pid"] == sh.pid}
+    ls_execs = [e for e in events if e["type"] == "exec" and e["argv"] == ["ls", "/"]]
+    assert ls_execs and ls_execs[0]["pid"] in forks | {sh.pid}
+    ls_pid = ls_execs[0]["pid"]
+    opens = [e for e in events if e["type"] == "open" and e["pid"] == ls_pid]
+    assert any(e["path"] == "/" and e["ret"] >= 0 and e["flags"] & os.O_DIRECTORY for e in opens), opens
+
+    exits = [e for e in events if e["type"] == "exit" and e["pid"] == sh.pid]
+    assert len(exits) == 1
+    assert exits[0]["exit_code"] == 3 and exits[0]["signal"] is None
+    assert 0 < exits[0]["duration_ns"] < 30 * 10**9
+    assert "ready: process: exec, exit, fork, open" in stderr
+
+
+def test_failed_open_reports_errno(capture, tmp_path):
+    missing = tmp_path / "does-not-exist"
+    run = capture("process")
+    cat = subprocess.run(["cat", str(missing)], capture_output=True)
+    assert cat.returncode == 1
+    events, _ = run.stop()
+    opens = [e for e in events if e["type"] == "open" and e["path"] == str(missing)]
+    assert opens and opens[0]["ret"] == -2  # -ENOENT
+
+
+def test_sigkill_is_reported_as_signal_9(capture):
+    run = capture("process")
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(10) == -9
+    finally:
+        victim.kill()
+    events, _ = run.stop()
+    exits = [e for e in events if e["type"] == "exit" and e["pid"] == victim.pid]
+    assert len(exits) == 1
+    assert exits[0]["signal"] == 9 and exits[0]["exit_code"] is None and exits[0]["core_dumped"] is False
+
+
+def test_threads_do_not_produce_process_events(capture):
+    code = ("import threading; ts = [threading.Thread(target=lambda: None) for _ in range(8)]; "
+            "[t.start() for t in ts]; [t.join() for t in ts]")
+    run = capture("process", "--no-open")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    assert proc.wait(30) == 0
+    events, _ = run.stop()
+    # Eight threads started and ended: no fork from the process, one exit for it.
+    assert not [e for e in events if e["type"] == "fork" and e["pid"] == proc.pid]
+    exits = [e for e in events if e["type"] == "exit" and e["pid"] == proc.pid]
+    assert len(exits) == 1 and exits[0]["exit_code"] == 0
+    assert not [e for e in events if e["type"] == "open"]
+
+
+def test_long_argv_is_captured_whole(capture):
+    args = [f"argument-{i:04d}" for i in range(400)]  # ~5.6 KB, well past 256 bytes
+    run = capture("process", "--no-open")
+    subprocess.run(["true", *args])
+    events, _ = run.stop()
+    execs = [e for e in events if e["type"] == "exec" and e["argv"][:1] == ["true"] and len(e["argv"]) > 1]
+    assert execs and execs[0]["argv"] == ["true", *args]

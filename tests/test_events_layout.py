@@ -1,0 +1,174 @@
+"""One definition of each record layout: construct, the fast decoder and the C
+structs (as the compiler laid them out, read from the objects' BTF) agree."""
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import subprocess
+
+import pytest
+from construct import Renamed
+
+from agentsight.collectors.decode import RecordDecoder
+from agentsight.events import (
+    C_NAMES,
+    EVENT_EXEC,
+    EVENT_SSL,
+    FAST,
+    KIND_OFFSET,
+    LAYOUTS,
+    SSL_EVENT,
+    FastLayout,
+)
+from support import REPO
+
+TAIL_FIELDS = {"data", "filename", "args", "path"}
+
+
+def _random_record(kind: int, layout, rng: random.Random) -> bytes:
+    fast = FAST[kind]
+    fixed = bytearray(rng.randbytes(fast.size))
+    fixed[KIND_OFFSET:KIND_OFFSET + 2] = kind.to_bytes(2, "little")
+    tails = b""
+    for name in fast.names:
+        if name in TAIL_FIELDS:
+            length_field = {"data": "data_len", "filename": "filename_len", "args": "args_len", "path": "path_len"}[name]
+            n = rng.randrange(0, 300)
+            off = fast.offsets[length_field]
+            fixed[off:off + 4] = n.to_bytes(4, "little")
+            tails += rng.randbytes(n)
+    return bytes(fixed) + tails
+
+
+@pytest.mark.parametrize("kind", sorted(LAYOUTS))
+def test_fast_decoder_agrees_with_construct(kind):
+    rng = random.Random(kind)
+    layout = LAYOUTS[kind]
+    fast = FAST[kind]
+    for _ in range(200):
+        record = _random_record(kind, layout, rng)
+        parsed = layout.parse(record)
+        expected = tuple(parsed[name] for name in fast.names)
+        assert fast.decode(record) == expected
+
+
+def test_fast_decoder_rejects_layouts_it_cannot_express():
+    from construct import Struct, Int32ub, this, Bytes, Int32ul
+    with pytest.raises(TypeError):
+        FastLayout(Struct("x" / Int32ub))
+    with pytest.raises(TypeError):
+        FastLayout(Struct("n" / Int32ul, "d" / Bytes(this.n), "after" / Int32ul))
+
+
+def _btf_structs(obj: str) -> dict[str, tuple[int, list[tuple[str, int]]]]:
+    """struct name -> (size, [(member, byte offset)]) from `bpftool btf dump`."""
+    out = subprocess.run(["bpftool", "btf", "dump", "file", str(obj), "format", "raw"],
+                         capture_output=True, text=True, check=True).stdout
+    structs: dict[str, tuple[int, list]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"\[\d+\] STRUCT '(\w+)' size=(\d+)", line)
+        if m:
+            current = m.group(1)
+            structs[current] = (int(m.group(2)), [])
+            continue
+        m = re.match(r"\s+'(\w+)' type_id=\d+ bits_offset=(\d+)", line)
+        if m and current:
+            structs[current][1].append((m.group(1), int(m.group(2)) // 8))
+        elif not line.startswith("\t"):
+            current = None
+    return structs
+
+
+def _construct_offsets(layout) -> list[tuple[str, int]]:
+    offsets, pos = [], 0
+    for sub in layout.subcons:
+        try:
+            size = sub.sizeof()
+        except Exception:
+            size = None
+        if isinstance(sub, Renamed) and sub.name:
+            offsets.append((sub.name, pos))
+        if size is None:
+            break
+        pos += size
+    return offsets
+
+
+@pytest.mark.parametrize("obj", ["ssl.bpf.o", "process.bpf.o"])
+def test_construct_layouts_match_the_compiled_structs(obj):
+    if not shutil.which("bpftool"):
+        pytest.fail("bpftool is not installed; the test setup installs it (scripts/test.sh)")
+    structs = _btf_structs(REPO / "prebuilt" / obj)
+    checked = 0
+    for c_name, layout in C_NAMES.items():
+        name = c_name.split()[1]
+        if name not in structs:
+            continue
+        size, members = structs[name]
+        c_offsets = {}
+        for member, offset in members:
+            if member == "hdr":
+                for h_member, h_offset in structs["event_header"][1]:
+                    c_offsets[h_member] = offset + h_offset
+            else:
+                c_offsets[member] = offset
+        for field, offset in _construct_offsets(layout):
+            # exec_event's file name and arguments share one C array, data[].
+            c_field = {"filename": "data", "args": None}.get(field, field) if name == "exec_event" else field
+            if c_field is None:
+                continue
+            assert c_offsets[c_field] == offset, f"{name}.{field}: C {c_offsets[c_field]}, construct {offset}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_decoder_counts_garbage_and_keeps_going():
+    rng = random.Random(7)
+    decoder = RecordDecoder(clock_offset_ns=0)
+    good = _random_record(EVENT_SSL, SSL_EVENT, rng)
+    # Make the good one a complete single-record call with valid fields.
+    fields = dict(SSL_EVENT.parse(good))
+    fields.update(offset=0, last=1, fn=0, dir=0, data=b"hello", data_len=5, len=5, truncated=0, gap=0)
+    good = SSL_EVENT.build(fields)
+    garbage = [b"", b"\x01", rng.randbytes(19), bytes(40), rng.randbytes(100)]
+    cut = good[:-3]  # announces more data than it carries
+    events = decoder.decode(garbage + [cut, good])
+    assert [e["data"] for e in events] == ["hello"]
+    assert decoder.bad_records == len(garbage) + 1
+
+
+def test_split_call_is_merged_and_a_lost_tail_is_counted():
+    decoder = RecordDecoder(clock_offset_ns=0)
+    base = dict(ts_ns=1, pid=10, tid=11, uid=0, kind=EVENT_SSL, comm=b"x".ljust(16, b"\0"), conn=5,
+                latency_ns=1, ret=30, len=30, truncated=0, gap=0, fn=1, dir=1)
+    part = lambda off, data, last: SSL_EVENT.build(dict(base, offset=off, data_len=len(data), data=data, last=last))
+    events = decoder.decode([part(0, b"0123456789", 0), part(10, b"abcdefghij", 0), part(20, b"KLMNOPQRST", 1)])
+    assert len(events) == 1 and events[0]["data"] == "0123456789abcdefghijKLMNOPQRST"
+    # The last piece never comes (ring full): the call is still reported, the
+    # missing bytes counted as truncated.
+    events = decoder.decode([part(0, b"0123456789", 0)]) + decoder.flush()
+    assert events[0]["data"] == "0123456789" and events[0]["truncated"] == 20
+    assert decoder.truncated_bytes == 20
+
+
+def test_non_utf8_payload_is_base64():
+    import base64
+    decoder = RecordDecoder(clock_offset_ns=0)
+    data = bytes(range(256))
+    rec = SSL_EVENT.build(dict(ts_ns=1, pid=1, tid=1, uid=0, kind=EVENT_SSL, comm=bytes(16), conn=1, latency_ns=0,
+                               ret=256, len=256, offset=0, data_len=256, truncated=0, gap=0, fn=0, dir=0, last=1,
+                               data=data))
+    (ev,) = decoder.decode([rec])
+    assert "data" not in ev and base64.b64decode(ev["data_b64"]) == data
+
+
+def test_exec_argv_split():
+    from agentsight.events import EXEC_EVENT
+    decoder = RecordDecoder(clock_offset_ns=0)
+    args = b"sh\0-c\0echo hi\0"
+    rec = EXEC_EVENT.build(dict(ts_ns=1, pid=1, tid=1, uid=0, kind=EVENT_EXEC, comm=bytes(16), ppid=1,
+                                filename_len=7, args_len=len(args), args_truncated=0, filename=b"/bin/sh", args=args))
+    (ev,) = decoder.decode([rec])
+    assert ev["argv"] == ["sh", "-c", "echo hi"] and ev["filename"] == "/bin/sh"

@@ -1,0 +1,137 @@
+"""Installing from the wheel, rebuilding the BPF objects, and errors a user can act on."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from support import REPO, RunningCapture, stream
+
+SYSTEM_LIBS = [p for p in glob.glob("/usr/lib/x86_64-linux-gnu/libbpf.so*") + glob.glob("/lib/x86_64-linux-gnu/libbpf.so*")]
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A fresh venv with agentsight installed from a freshly built wheel."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(root / "dist"), str(REPO)], check=True)
+    (wheel,) = (root / "dist").glob("agentsight-*.whl")
+    # Dependencies come from this interpreter's site-packages so the test needs no network.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    return python, root
+
+
+@pytest.mark.bpf
+def test_wheel_runs_with_system_libbpf_hidden(wheel_venv, https_server, tmp_path):
+    python, root = wheel_venv
+    assert SYSTEM_LIBS, "expected a system libbpf to hide"
+    # A private mount namespace where every system libbpf is an empty file.
+    hide = " ".join(f"mount --bind /dev/null {p};" for p in SYSTEM_LIBS)
+    wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", hide + ' exec "$@"', "sh"]
+    probe = subprocess.run(wrapper + [str(python), "-c", textwrap.dedent("""
+        import ctypes, agentsight.bpf.libbpf as L
+        try:
+            ctypes.CDLL("libbpf.so.1"); print("system libbpf visible")
+        except OSError:
+            print("system libbpf hidden")
+        print(L.lib_path())
+        """)], capture_output=True, text=True, cwd=root)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "system libbpf hidden"
+    assert lines[1].startswith(str(root / "venv")) and lines[1].endswith("_native/lib/libbpf.so.1")
+
+    run = RunningCapture(["ssl", "--comm", "curl"], tmp_path / "out.jsonl", python=str(python), cwd=root,
+                         wrapper=wrapper)
+    try:
+        curl = subprocess.Popen(["curl", "-sS", "--http1.1", "--cacert", str(https_server.cert), "--data-binary",
+                                 "from-the-wheel", https_server.url + "/echo"], stdout=subprocess.PIPE)
+        assert curl.communicate(timeout=60)[0] == b"echo:from-the-wheel"
+        events, _ = run.stop()
+    finally:
+        run.kill()
+    assert stream(events, curl.pid, "send").endswith(b"from-the-wheel")
+    assert stream(events, curl.pid, "recv").endswith(b"echo:from-the-wheel")
+
+
+@pytest.mark.bpf
+def test_rebuilt_objects_still_load(tmp_path):
+    """CI rebuilds csrc/ with clang: the result must load and attach like the committed objects."""
+    subprocess.run([sys.executable, str(REPO / "build_bpf.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    code = textwrap.dedent(f"""
+        import agentsight.bpf.object as O
+        from pathlib import Path
+        O._OBJECT_DIRS = (Path({str(tmp_path)!r}),)
+        from agentsight.collectors.base import Filters
+        from agentsight.collectors.ssl import SslCollector
+        from agentsight.collectors.process import ProcessCollector
+        for c in (SslCollector(Filters(), 1 << 20, 1 << 16), ProcessCollector(Filters(), 1 << 20, 1 << 16)):
+            c.start()
+            print(c.name, sum(o.link_count for o in c.objects))
+            c.close()
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    counts = dict(line.split() for line in out.stdout.splitlines())
+    assert int(counts["ssl"]) >= 11 and int(counts["process"]) >= 5
+
+
+def _agentsight(*args, user: str | None = None):
+    cmd = [sys.executable, "-m", "agentsight", *args]
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_not_root_is_one_clear_sentence():
+    if os.geteuid() != 0:
+        result = _agentsight("ssl", "--duration", "1")
+    else:
+        result = _agentsight("ssl", "--duration", "1", user="65534")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "agentsight: agentsight needs root to load BPF programs: run it with sudo"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.bpf
+def test_missing_binary_is_a_usage_error(tmp_path):
+    result = _agentsight("ssl", "--binary", str(tmp_path / "nope"), "--duration", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"agentsight: --binary {tmp_path / 'nope'}: no such file"
+
+
+@pytest.mark.bpf
+def test_binary_without_tls_functions_is_a_usage_error():
+    result = _agentsight("ssl", "--binary", shutil.which("ls"), "--duration", "1")
+    assert result.returncode == 2 and "no SSL_read/SSL_write symbols" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_options_are_usage_errors():
+    result = _agentsight("ssl", "--ring-size", "lots")
+    assert result.returncode == 2 and "not a size: 'lots'" in result.stderr
+    result = _agentsight("ssl", "--pid", "999999999")
+    assert result.returncode == 2 and "no such process" in result.stderr
+
+
+@pytest.mark.bpf
+def test_ring_size_must_be_a_power_of_two():
+    result = _agentsight("process", "--ring-size", "3M", "--duration", "1")
+    assert result.returncode == 2
+    assert "power of two" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_the_commands():
+    result = _agentsight("--help")
+    assert result.returncode == 0
+    for command in ("ssl", "process"):
+        assert command in result.stdout
