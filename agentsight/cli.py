@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _wakeup_bytes(ring_size: int) -> int:
+    # The consumer must be woken well before the ring fills.
+    return min(DEFAULT_WAKEUP_BYTES, ring_size // 4)
+
+
 def _ready(description: str) -> None:
     print(f"ready: {description}", file=sys.stderr, flush=True)
 
@@ -97,7 +102,7 @@ def cmd_ssl(args) -> int:
     from .collectors.ssl import SslCollector
 
     filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
-    collector = SslCollector(filters, args.ring_size, DEFAULT_WAKEUP_BYTES, args.max_capture, args.binary)
+    collector = SslCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), args.max_capture, args.binary)
     return _run_capture([collector], args.output, args.duration)
 
 
@@ -106,7 +111,7 @@ def cmd_process(args) -> int:
     from .collectors.process import ProcessCollector
 
     filters = Filters(pid=args.pid, comm=args.comm)
-    collector = ProcessCollector(filters, args.ring_size, DEFAULT_WAKEUP_BYTES, opens=not args.no_open)
+    collector = ProcessCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), opens=not args.no_open)
     return _run_capture([collector], args.output, args.duration)
 
 

@@ -71,7 +71,8 @@ static __always_inline void fill_header(struct event_header *hdr, __u16 kind)
 /* Waking the consumer for every record costs the traced call several
  * microseconds; it is woken only once wakeup_bytes are pending and otherwise
  * drains the ring on its own short timer. */
-static __always_inline long submit(void *record, __u64 size, __u64 payload)
+/* lost_bytes: data bytes counted as lost if the record does not fit. */
+static __always_inline long submit(void *record, __u64 size, __u64 lost_bytes)
 {
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	__u64 flags = pending + size >= cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
@@ -79,7 +80,7 @@ static __always_inline long submit(void *record, __u64 size, __u64 payload)
 
 	if (err) {
 		stat_add(STAT_RING_FULL, 1);
-		stat_add(STAT_RING_FULL_BYTES, payload);
+		stat_add(STAT_RING_FULL_BYTES, lost_bytes);
 	}
 	return err;
 }

@@ -109,7 +109,7 @@ struct config {
 /* Indexes of the per-CPU counters in the `stats` map of each object. */
 enum stat_index {
 	STAT_RING_FULL = 0,      /* records the ring buffer had no room for */
-	STAT_RING_FULL_BYTES = 1,/* captured payload bytes in those records */
+	STAT_RING_FULL_BYTES = 1,/* data bytes those records would have carried */
 	STAT_CALLS_UNMATCHED = 2,/* returns seen without their entry */
 	STAT_READ_FAULT = 3,     /* user memory that could not be read */
 	STAT_MAX = 4,

@@ -148,7 +148,8 @@ static long emit_chunk(__u32 i, struct chunk_ctx *cc)
 		ev->data_len = 0;
 		n = 0;
 	}
-	if (submit(ev, offsetof(struct ssl_event, data) + n, n)) {
+	/* On failure the call stops here: every byte from offset on is lost. */
+	if (submit(ev, offsetof(struct ssl_event, data) + n, cc->captured - offset)) {
 		cc->failed = true;
 		return 1;
 	}

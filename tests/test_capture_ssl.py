@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,56 @@ def test_binary_override_hooks_only_that_file(https_server, capture):
     assert "static-openssl" in stderr and "libssl.so" not in stderr.split("ready", 1)[1].splitlines()[0]
     assert b"node-only" in stream(events, node_run["pid"], "send")
     assert curl["pid"] not in {e["pid"] for e in events}
+
+
+IN_MEMORY_TRANSFER = textwrap.dedent(
+    """
+    # One process, a TLS client and server over a socketpair: the server writes
+    # CALLS chunks of SIZE bytes, the client reads until it has them all.
+    import socket, ssl, sys, threading
+    cert, key, calls, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    sys.stdin.readline()
+    a, b = socket.socketpair()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.load_verify_locations(cert)
+    def serve():
+        s = sctx.wrap_socket(a, server_side=True)
+        for i in range(calls):
+            s.sendall(bytes([65 + i % 26]) * size)
+    t = threading.Thread(target=serve); t.start()
+    c = cctx.wrap_socket(b, server_hostname="localhost")
+    got = 0
+    while got < calls * size:
+        got += len(c.recv(1 << 20))
+    t.join()
+    print(got)
+    """
+)
+
+
+def test_full_ring_losses_are_counted_exactly(https_server, capture):
+    calls, size = 64, 16384
+    proc = subprocess.Popen([sys.executable, "-c", IN_MEMORY_TRANSFER, str(https_server.cert),
+                             str(https_server.key), str(calls), str(size)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # Room for one 16 KiB record at a time: a burst of them cannot all fit.
+        run = capture("ssl", "--pid", str(proc.pid), "--ring-size", "32K")
+        out, err = proc.communicate(b"go\n", timeout=60)
+        assert proc.returncode == 0, err
+        assert int(out) == calls * size
+        events, stderr = run.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    data_events = [e for e in events if e["dir"] in ("send", "recv")]
+    captured = sum(len(e["data"].encode()) for e in data_events)
+    m = re.search(r"lost in the ring buffer: (\d+) records \((\d+) bytes of data\)", stderr)
+    lost_records, lost_bytes = int(m.group(1)), int(m.group(2))
+    assert lost_records > 0, "the burst was expected to overflow a 32 KiB ring"
+    # Every byte written and read is either captured or counted as lost.
+    assert captured + lost_bytes == 2 * calls * size
+    for e in data_events:
+        assert len(e["data"].encode()) + e["truncated"] == e["len"]
+    # Whole calls that were lost show up as a gap before the next call on the conn.
+    assert sum(e["gap"] for e in data_events) > 0 or any(e["truncated"] for e in data_events)
