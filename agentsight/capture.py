@@ -55,7 +55,8 @@ class Capture:
         self.collectors = collectors
         self.emit = emit
         self.idle = idle
-        self.decoder = RecordDecoder()
+        notice_handlers = [c.on_notice for c in collectors if hasattr(c, "on_notice")]
+        self.decoder = RecordDecoder(on_notice=notice_handlers[0] if notice_handlers else None)
         self.reader = RingReader()
         self._stop = False
 

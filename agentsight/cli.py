@@ -94,6 +94,9 @@ def _run_capture(collectors, output: str | None, duration: float | None) -> int:
     for collector in collectors:
         for note in getattr(collector, "notes", []):
             print(f"agentsight: note: {note}", file=sys.stderr)
+        if getattr(collector, "hooked_later", 0):
+            print(f"agentsight: {collector.name}: hooked {collector.hooked_later} more files while running",
+                  file=sys.stderr)
     return 0
 
 

@@ -30,10 +30,12 @@ from construct import (
 TASK_COMM_LEN = 16
 SSL_CHUNK = 16384
 
-EVENT_SSL, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_OPEN = 1, 2, 3, 4, 5
+EVENT_SSL, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_OPEN, EVENT_TLS_NOTICE = 1, 2, 3, 4, 5, 6
+NOTICE_EXEC, NOTICE_OPEN = 1, 2
 KIND_OFFSET = 20  # offset of event_header.kind
 
-SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake")
+SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake",
+                 "gnutls_record_send", "gnutls_record_recv", "gnutls_handshake")
 SSL_DIRECTIONS = ("send", "recv", "handshake")
 
 STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_unmatched", "read_faults")
@@ -105,12 +107,20 @@ OPEN_EVENT = Struct(
     "path" / Bytes(this.path_len),
 )
 
+TLS_NOTICE = Struct(
+    *_HEADER,
+    "what" / Int32ul,
+    "path_len" / Int32ul,
+    "path" / Bytes(this.path_len),
+)
+
 LAYOUTS = {
     EVENT_SSL: SSL_EVENT,
     EVENT_EXEC: EXEC_EVENT,
     EVENT_EXIT: EXIT_EVENT,
     EVENT_FORK: FORK_EVENT,
     EVENT_OPEN: OPEN_EVENT,
+    EVENT_TLS_NOTICE: TLS_NOTICE,
 }
 
 # The C struct names behind each layout, for the BTF comparison.
@@ -121,6 +131,7 @@ C_NAMES = {
     "struct exit_event": EXIT_EVENT,
     "struct fork_event": FORK_EVENT,
     "struct open_event": OPEN_EVENT,
+    "struct tls_notice": TLS_NOTICE,
 }
 
 

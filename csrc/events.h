@@ -22,6 +22,7 @@ enum event_kind {
 	EVENT_EXIT = 3,
 	EVENT_FORK = 4,
 	EVENT_OPEN = 5,
+	EVENT_TLS_NOTICE = 6, /* internal: a file that may hold a TLS library appeared */
 };
 
 struct event_header {
@@ -40,6 +41,9 @@ enum ssl_fn {
 	FN_SSL_WRITE_EX = 2,
 	FN_SSL_READ_EX = 3,
 	FN_SSL_DO_HANDSHAKE = 4,
+	FN_GNUTLS_RECORD_SEND = 5,
+	FN_GNUTLS_RECORD_RECV = 6,
+	FN_GNUTLS_HANDSHAKE = 7,
 };
 
 enum ssl_dir {
@@ -91,6 +95,18 @@ struct open_event {
 	struct event_header hdr;
 	__s64 ret;
 	__s32 flags;
+	__u32 path_len;
+	char path[PATH_MAX_LEN];
+};
+
+enum tls_notice_what {
+	NOTICE_EXEC = 1, /* the task exec'd a new program */
+	NOTICE_OPEN = 2, /* the task opened a file named like a TLS library */
+};
+
+struct tls_notice {
+	struct event_header hdr;
+	__u32 what;     /* enum tls_notice_what */
 	__u32 path_len;
 	char path[PATH_MAX_LEN];
 };

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* TLS plaintext: uprobes on the entry of SSL_write/SSL_read (and the _ex
- * variants) remember the buffer; one shared uretprobe reports the bytes the
- * call really transferred, read from that buffer once it returns. */
+ * variants, and GnuTLS's record functions) remember the buffer; one shared
+ * uretprobe reports the bytes the call really transferred, read from that
+ * buffer once it returns. Notices of new programs and newly opened TLS
+ * libraries let user space hook them before they are used. */
 #include "common.bpf.h"
 
 struct call {
@@ -107,10 +109,28 @@ int BPF_KPROBE(ssl_do_handshake_enter, void *ssl)
 	return call_enter(FN_SSL_DO_HANDSHAKE, ssl, NULL, NULL);
 }
 
-/* A freed SSL's address may be handed to the next connection: forget it so
- * that connection gets an id of its own. */
 SEC("uprobe")
-int BPF_KPROBE(ssl_free_enter, void *ssl)
+int BPF_KPROBE(gnutls_record_send_enter, void *session, const void *data, size_t size)
+{
+	return call_enter(FN_GNUTLS_RECORD_SEND, session, data, NULL);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(gnutls_record_recv_enter, void *session, void *data, size_t size)
+{
+	return call_enter(FN_GNUTLS_RECORD_RECV, session, data, NULL);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(gnutls_handshake_enter, void *session)
+{
+	return call_enter(FN_GNUTLS_HANDSHAKE, session, NULL, NULL);
+}
+
+/* A freed session's address may be handed to the next connection: forget
+ * it so that connection gets an id of its own. SSL_free, gnutls_deinit. */
+SEC("uprobe")
+int BPF_KPROBE(session_free_enter, void *ssl)
 {
 	struct conn_key key = { .ssl = (__u64)ssl, .tgid = bpf_get_current_pid_tgid() >> 32 };
 
@@ -169,14 +189,17 @@ int BPF_KRETPROBE(ssl_return)
 
 	bpf_map_delete_elem(&calls, &id);
 
-	int ret = (int)PT_REGS_RC(ctx);
+	/* GnuTLS returns ssize_t; OpenSSL's int leaves rax's upper half undefined. */
+	bool wide = c.fn == FN_GNUTLS_RECORD_SEND || c.fn == FN_GNUTLS_RECORD_RECV;
+	long ret = wide ? (long)PT_REGS_RC(ctx) : (long)(int)PT_REGS_RC(ctx);
 	__u64 len = 0;
 	__u8 dir;
 
-	if (c.fn == FN_SSL_DO_HANDSHAKE) {
+	if (c.fn == FN_SSL_DO_HANDSHAKE || c.fn == FN_GNUTLS_HANDSHAKE) {
 		dir = DIR_HANDSHAKE;
 	} else {
-		dir = (c.fn == FN_SSL_WRITE || c.fn == FN_SSL_WRITE_EX) ? DIR_SEND : DIR_RECV;
+		dir = (c.fn == FN_SSL_WRITE || c.fn == FN_SSL_WRITE_EX || c.fn == FN_GNUTLS_RECORD_SEND)
+			? DIR_SEND : DIR_RECV;
 		if (c.fn == FN_SSL_WRITE_EX || c.fn == FN_SSL_READ_EX) {
 			if (ret == 1 && c.count_ptr)
 				bpf_probe_read_user(&len, sizeof(len), (void *)c.count_ptr);
@@ -235,4 +258,135 @@ int BPF_KRETPROBE(ssl_return)
 	if (cn && ev->gap && dir != DIR_HANDSHAKE)
 		__sync_fetch_and_sub(&cn->lost[dir & 1], ev->gap);
 	return 0;
+}
+
+/* --- Notices: where new TLS code may appear --- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tls_notice);
+} notice_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __u64); /* user pointer to the path being opened */
+} library_opens SEC(".maps");
+
+static __always_inline void notify(struct tls_notice *n, __u32 what, __u32 path_len)
+{
+	fill_header(&n->hdr, EVENT_TLS_NOTICE);
+	n->what = what;
+	n->path_len = path_len & (PATH_MAX_LEN - 1);
+	/* Hooking must win the race with the program's first TLS call: wake
+	 * the consumer now rather than when data piles up. */
+	if (bpf_ringbuf_output(&events, n, offsetof(struct tls_notice, path) + n->path_len, BPF_RB_FORCE_WAKEUP))
+		stat_add(STAT_RING_FULL, 1);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(notice_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	if (!task_wanted())
+		return 0;
+	__u32 zero = 0;
+	struct tls_notice *n = bpf_map_lookup_elem(&notice_scratch, &zero);
+
+	if (!n)
+		return 0;
+	long len = bpf_probe_read_kernel_str(n->path, PATH_MAX_LEN, BPF_CORE_READ(bprm, filename));
+
+	notify(n, NOTICE_EXEC, len > 0 ? len - 1 : 0);
+	return 0;
+}
+
+struct basename_ctx {
+	const char *path;
+	__u32 len;
+	__u32 base;
+};
+
+static long find_basename(__u32 i, struct basename_ctx *c)
+{
+	if (i >= c->len)
+		return 1;
+	if (c->path[i & (PATH_MAX_LEN - 1)] == '/')
+		c->base = i + 1;
+	return 0;
+}
+
+/* Is the last path component libssl* or libgnutls*? */
+static __always_inline bool tls_library_name(const char *path, __u32 len)
+{
+	struct basename_ctx c = { .path = path, .len = len };
+
+	bpf_loop(PATH_MAX_LEN, find_basename, &c, 0);
+	if (c.base > PATH_MAX_LEN - 10)
+		return false;
+	const char *b = path + c.base;
+
+	if (b[0] != 'l' || b[1] != 'i' || b[2] != 'b')
+		return false;
+	if (b[3] == 's' && b[4] == 's' && b[5] == 'l')
+		return true;
+	return b[3] == 'g' && b[4] == 'n' && b[5] == 'u' && b[6] == 't' && b[7] == 'l' && b[8] == 's';
+}
+
+static __always_inline int library_open_enter(const char *path)
+{
+	if (!task_wanted())
+		return 0;
+	__u32 zero = 0;
+	struct tls_notice *n = bpf_map_lookup_elem(&notice_scratch, &zero);
+
+	if (!n)
+		return 0;
+	long len = bpf_probe_read_user_str(n->path, PATH_MAX_LEN, path);
+
+	if (len <= 1 || !tls_library_name(n->path, len - 1))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ptr = (__u64)path;
+
+	bpf_map_update_elem(&library_opens, &id, &ptr, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int library_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *ptr = bpf_map_lookup_elem(&library_opens, &id);
+
+	if (!ptr)
+		return 0;
+	__u64 path = *ptr;
+
+	bpf_map_delete_elem(&library_opens, &id);
+	if (ret < 0)
+		return 0;
+	__u32 zero = 0;
+	struct tls_notice *n = bpf_map_lookup_elem(&notice_scratch, &zero);
+
+	if (!n)
+		return 0;
+	long len = bpf_probe_read_user_str(n->path, PATH_MAX_LEN, (void *)path);
+
+	if (len > 1)
+		notify(n, NOTICE_OPEN, len - 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int notice_openat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return library_open_enter((const char *)ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int notice_openat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return library_open_exit(ctx->ret);
 }

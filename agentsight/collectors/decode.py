@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from ..events import (
     EVENT_EXEC,
@@ -16,6 +17,7 @@ from ..events import (
     EVENT_FORK,
     EVENT_OPEN,
     EVENT_SSL,
+    EVENT_TLS_NOTICE,
     FAST,
     KIND_OFFSET,
     SSL_DIRECTIONS,
@@ -66,7 +68,8 @@ class RecordDecoder:
 
     STALE_SECONDS = 2.0
 
-    def __init__(self, clock_offset_ns: int | None = None):
+    def __init__(self, clock_offset_ns: int | None = None,
+                 on_notice: Callable[[int, int, str], None] | None = None):
         self.clock_offset_ns = monotonic_to_unix_offset() if clock_offset_ns is None else clock_offset_ns
         self.counts: Counter[str] = Counter()
         self.bad_records = 0
@@ -75,12 +78,15 @@ class RecordDecoder:
         self.gap_bytes = 0
         self._comms: dict[bytes, str] = {}
         self._pending: dict[int, _PendingCall] = {}
+        # Internal records (TLS notices) go here instead of the output.
+        self.on_notice = on_notice
         self._handlers = {
             EVENT_SSL: self._ssl,
             EVENT_EXEC: self._exec,
             EVENT_EXIT: self._exit,
             EVENT_FORK: self._fork,
             EVENT_OPEN: self._open,
+            EVENT_TLS_NOTICE: self._notice,
         }
 
     def decode(self, records: list[bytes]) -> list[dict]:
@@ -218,3 +224,10 @@ class RecordDecoder:
         ev["flags"] = f[7]
         ev["ret"] = f[6]
         out.append(ev)
+
+    _NOTICE = FAST[EVENT_TLS_NOTICE]
+
+    def _notice(self, record: bytes, out: list) -> None:
+        f = self._NOTICE.decode(record)
+        if self.on_notice is not None:
+            self.on_notice(f[1], f[6], f[8].decode("utf-8", "replace"))

@@ -1,0 +1,321 @@
+"""Stage 3: HTTP exchanges -> ``http`` and ``llm_call`` output events.
+
+The request decides (host, path, body shape) whether an exchange is an LLM
+call.  Only LLM calls have their response body decoded (Content-Encoding) and
+merged (JSON or server-sent events); other exchanges are summarised as one
+``http`` event without keeping their bodies.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from . import providers
+from .base import Event, Stats, json_loads
+from .encoding import BodyDecoder, DecodeError, decode_all
+from .http1 import header_value, headers_dict
+from .sse import SSEParser
+
+MAX_RESPONSE_BODY = 64 << 20
+
+# the incomplete reasons that mean the connection failed, not the capture
+_CONN_FAILURES = {"process_exit": "process exited before the response was complete",
+                  "connection_closed": "connection closed before the response was complete"}
+
+
+def split_target(target: str, host: str | None) -> tuple[str, str, str]:
+    """(host, path, query) of a request target (origin or absolute form)."""
+    if target.startswith(("http://", "https://")):
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        h, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        host = host or h
+    q = target.find("?")
+    path, query = (target, "") if q < 0 else (target[:q], target[q + 1:])
+    h = (host or "").strip().lower()
+    if h.startswith("["):  # [v6]:port
+        end = h.find("]")
+        hostname = h[: end + 1]
+    else:
+        hostname = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return hostname, path, query
+
+
+class _Http:
+    """A non-LLM exchange: only what the ``http`` event needs."""
+
+    __slots__ = ("req", "host", "path", "status")
+    llm = False
+
+    def __init__(self, req: Event, host: str, path: str) -> None:
+        self.req = req
+        self.host = host
+        self.path = path
+        self.status: int | None = None
+
+
+class _Call:
+    __slots__ = ("req", "host", "path", "provider", "api", "adapter", "model", "stream",
+                 "request", "status", "resp_headers", "decoder", "sse", "body", "body_size",
+                 "merger", "first_token_ns", "failed", "sse_mode")
+    llm = True
+
+    def __init__(self, req: Event, host: str, path: str, provider: str, api: str,
+                 adapter: providers.Adapter, request: Any, query: str) -> None:
+        self.req = req
+        self.host = host
+        self.path = path
+        self.provider = provider
+        self.api = api
+        self.adapter = adapter
+        self.model = adapter.model(api, path, request)
+        self.stream = adapter.is_stream(api, path, query, request)
+        self.request = request
+        self.status: int | None = None
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.decoder: BodyDecoder | None = None
+        self.sse: SSEParser | None = None
+        self.sse_mode = False
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.merger = adapter.new_merger(api, request)
+        self.first_token_ns: int | None = None
+        self.failed: str | None = None
+
+
+class LlmAnalyzer:
+    def __init__(self, stats: Stats, provider_hosts: Mapping[str, str] | None = None) -> None:
+        self.stats = stats
+        self._x: dict[int, _Http | _Call] = {}
+        # host (optionally host:port) -> provider name, for self-hosted or mock endpoints
+        self._host_map = {k.lower(): v for k, v in (provider_hosts or {}).items()}
+        self._owned: dict[str, providers.Adapter] = {}
+
+    # -- dispatch ------------------------------------------------------------
+    def feed(self, ev: Event) -> list[Event]:
+        t = ev["type"]
+        if t == "http_body":
+            x = self._x.get(ev["xid"])
+            if x is not None and x.llm:
+                try:
+                    self._body(x, ev)  # type: ignore[arg-type]
+                except Exception:
+                    self.stats["errors.llm"] += 1
+                    x.failed = "analyzer_error"  # type: ignore[union-attr]
+            return []
+        if t == "http_request":
+            try:
+                self._x[ev["xid"]] = self._classify(ev)
+            except Exception:
+                self.stats["errors.llm"] += 1
+                self._x[ev["xid"]] = _Http(ev, "", "")
+            return []
+        if t == "http_response":
+            x = self._x.get(ev["xid"])
+            if x is not None:
+                x.status = ev["status"]
+                if x.llm:
+                    try:
+                        self._response(x, ev)  # type: ignore[arg-type]
+                    except Exception:
+                        self.stats["errors.llm"] += 1
+                        x.failed = "analyzer_error"  # type: ignore[union-attr]
+            return []
+        if t == "http_end":
+            x = self._x.pop(ev["xid"], None)
+            if x is None:
+                return []
+            try:
+                return [self._call_event(x, ev) if x.llm else self._http_event(x, ev)]  # type: ignore[arg-type]
+            except Exception:
+                self.stats["errors.llm"] += 1
+                return []
+        return [ev]
+
+    def close(self) -> list[Event]:
+        # http1 ends every exchange it started; anything left is a request
+        # whose end we never saw
+        out = []
+        for xid in list(self._x):
+            out.extend(self.feed({"type": "http_end", "xid": xid, "ts": None,
+                                  "incomplete": "end_of_capture", "responded": False,
+                                  "resp_size": 0}))
+        return out
+
+    # -- request ---------------------------------------------------------------
+    def _classify(self, req: Event) -> _Http | _Call:
+        headers = req["headers"]
+        host_hdr = header_value(headers, b"host")
+        host, path, query = split_target(req["target"], host_hdr)
+        method = req["method"]
+        adapters = providers.ADAPTERS
+        matches = []
+        for a in adapters:
+            api = a.match_path(method, path)
+            if api is not None:
+                matches.append((a, api))
+        if not matches:
+            return _Http(req, host, path)
+        owner = self._owner(host, host_hdr)
+        if owner is not None:
+            matches = [(a, api) for a, api in matches if a is owner]
+            if not matches:
+                return _Http(req, host, path)
+        body = self._request_json(req)
+        if owner is None:
+            matches = [(a, api) for a, api in matches if a.match_body(api, body)]
+            if not matches:
+                return _Http(req, host, path)
+        a, api = matches[0]
+        self.stats["llm.calls"] += 1
+        return _Call(req, host, path, a.name if owner is not None else "unknown", api, a,
+                     body, query)
+
+    def _owner(self, host: str, host_hdr: str | None) -> providers.Adapter | None:
+        if self._host_map:
+            name = self._host_map.get((host_hdr or "").lower()) or self._host_map.get(host)
+            if name:
+                return providers.get(name)
+        a = self._owned.get(host)
+        if a is None and host not in self._owned:
+            a = next((a for a in providers.ADAPTERS if a.owns_host(host)), None)
+            self._owned[host] = a  # type: ignore[assignment]
+        return a
+
+    def _request_json(self, req: Event) -> Any:
+        body: bytes = req["body"]
+        if not body:
+            return None
+        enc = header_value(req["headers"], b"content-encoding")
+        if enc:
+            try:
+                body = decode_all(body, enc, MAX_RESPONSE_BODY)
+            except DecodeError:
+                self.stats["skipped.bad_encoding"] += 1
+                return None
+        try:
+            return json_loads(body)
+        except ValueError:
+            return None
+
+    # -- response ---------------------------------------------------------------
+    def _response(self, x: _Call, ev: Event) -> None:
+        x.resp_headers = ev["headers"]
+        ctype = (header_value(x.resp_headers, b"content-type") or "").lower()
+        x.sse_mode = "text/event-stream" in ctype and x.status is not None and x.status < 300
+        if x.sse_mode:
+            x.sse = SSEParser()
+        try:
+            x.decoder = BodyDecoder(header_value(x.resp_headers, b"content-encoding"),
+                                    MAX_RESPONSE_BODY)
+        except DecodeError:
+            self.stats["skipped.bad_encoding"] += 1
+            x.failed = "unsupported content-encoding"
+
+    def _body(self, x: _Call, ev: Event) -> None:
+        if x.failed or x.decoder is None:
+            return
+        try:
+            data = x.decoder.feed(ev["data"])
+        except DecodeError:
+            self.stats["skipped.bad_encoding"] += 1
+            x.failed = "bad content-encoding"
+            return
+        if not data:
+            return
+        if x.sse is not None:
+            self._sse(x, x.sse.feed(data), ev["ts"])
+        else:
+            if x.first_token_ns is None and x.stream:
+                x.first_token_ns = ev["ts"]  # a streamed JSON array
+            x.body_size += len(data)
+            if x.body_size <= MAX_RESPONSE_BODY:
+                x.body.append(data)
+
+    def _sse(self, x: _Call, events: list[tuple[str | None, str]], ts: int) -> None:
+        feed = x.merger.feed_sse
+        for name, data in events:
+            if feed(name, data) and x.first_token_ns is None:
+                x.first_token_ns = ts
+
+    # -- end ----------------------------------------------------------------------
+    def _finish_body(self, x: _Call, ts: int | None) -> None:
+        if x.decoder is not None and not x.failed:
+            try:
+                tail = x.decoder.flush()
+            except DecodeError:
+                tail = b""
+                x.failed = "bad content-encoding"
+            if x.sse is not None:
+                self._sse(x, x.sse.feed(tail) + x.sse.close() if tail else x.sse.close(), ts or 0)
+            elif tail:
+                x.body.append(tail)
+        if x.sse is None and x.body:
+            raw = b"".join(x.body)
+            x.body = []
+            try:
+                obj = json_loads(raw)
+            except ValueError:
+                obj = None
+                if x.status is not None and x.status >= 400:
+                    obj = raw[:1000].decode("utf-8", "replace")
+            if x.status is not None and x.status >= 400:
+                x.merger.feed_error(obj, x.status)
+            elif obj is not None:
+                x.merger.feed_json(obj)
+        elif x.status is not None and x.status >= 400 and x.merger.error is None:
+            x.merger.feed_error(None, x.status)
+        x.merger.finish()
+
+    def _call_event(self, x: _Call, end: Event) -> Event:
+        req = x.req
+        ended = end["ts"] if end["ts"] is not None else req["end_ts"]
+        self._finish_body(x, ended)
+        m = x.merger
+        resp = m.result()
+        incomplete = end["incomplete"] or req["incomplete"]
+        ev: Event = {
+            "type": "llm_call", "ts": ended,
+            "provider": x.provider, "api": x.api,
+            "model": x.model if x.model is not None else resp.get("model"),
+            "stream": x.stream, "status": x.status,
+            "method": req["method"], "host": x.host, "path": req["target"],
+            "request": x.request,
+            "request_headers": headers_dict(req["headers"]),
+            "response_headers": headers_dict(x.resp_headers),
+            "response": resp, "usage": m.usage,
+            "started_ns": req["ts"], "first_token_ns": x.first_token_ns, "ended_ns": ended,
+            "pid": req["pid"], "tid": req["tid"], "comm": req["comm"], "conn": req["conn"],
+            "side": req["side"],
+        }
+        if m.error is not None:
+            ev["error"] = m.error
+        elif incomplete in _CONN_FAILURES:
+            ev["error"] = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
+        if x.failed:
+            ev.setdefault("error", {"type": "analyzer", "message": x.failed})
+        if incomplete:
+            ev["incomplete"] = True
+            ev["incomplete_reason"] = incomplete
+            self.stats["llm.incomplete"] += 1
+        if req["body_capped"]:
+            ev["request_truncated"] = True
+        return ev
+
+    def _http_event(self, x: _Http, end: Event) -> Event:
+        req = x.req
+        ended = end["ts"] if end["ts"] is not None else req["end_ts"]
+        ev: Event = {
+            "type": "http", "ts": ended, "method": req["method"], "host": x.host,
+            "path": req["target"], "status": x.status,
+            "request_size": req["body_size"], "response_size": end["resp_size"],
+            "started_ns": req["ts"], "ended_ns": ended,
+            "pid": req["pid"], "tid": req["tid"], "comm": req["comm"], "conn": req["conn"],
+            "side": req["side"],
+        }
+        incomplete = end["incomplete"] or req["incomplete"]
+        if incomplete:
+            ev["incomplete"] = True
+            ev["incomplete_reason"] = incomplete
+            if incomplete in _CONN_FAILURES:
+                ev["error"] = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
+        return ev

@@ -1,0 +1,164 @@
+"""LLM provider adapters and their registry.
+
+A provider is one module in this package that defines ``ADAPTER``, an
+instance of :class:`Adapter`.  Modules are discovered at import time, so
+adding a provider touches exactly one new file.
+
+An adapter answers three questions about an HTTP exchange:
+
+* ``match_path(method, path)``: which of its APIs the request path is, if any
+  (cheap, called for every HTTP request);
+* ``match_body(api, body)``: whether a parsed JSON request body has the shape
+  of that API (used for hosts that are not the provider's own, e.g. vLLM,
+  Ollama or LiteLLM speaking the OpenAI API; they are reported as provider
+  ``unknown``);
+* ``new_merger(api, ...)``: an object that merges the response (one JSON body,
+  or server-sent events one by one) into the final message.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import json_loads
+
+
+def parse_args(s: Any) -> Any:
+    """Tool-call arguments: parsed JSON when they are a JSON string."""
+    if isinstance(s, str):
+        if not s:
+            return {}
+        try:
+            return json_loads(s)
+        except ValueError:
+            return s
+    return s
+
+
+def pick_usage(src: Any, mapping: dict[str, str]) -> dict[str, int]:
+    """Normalise provider usage: ``mapping`` is {dotted source path: our name}."""
+    out: dict[str, int] = {}
+    if not isinstance(src, dict):
+        return out
+    for path, name in mapping.items():
+        v: Any = src
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[name] = v
+    return out
+
+
+class Merger:
+    """Builds one response from a JSON body or from SSE events."""
+
+    def __init__(self) -> None:
+        self.text_parts: list[str] = []
+        self.thinking_parts: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.stop_reason: str | None = None
+        self.usage: dict[str, int] = {}
+        self.model: str | None = None
+        self.id: str | None = None
+        self.error: dict[str, Any] | None = None
+
+    # override these two
+    def feed_json(self, body: Any) -> None:
+        raise NotImplementedError
+
+    def feed_sse(self, event: str | None, data: str) -> bool:
+        """One SSE event; True when it carried generated content."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """End of response (after the last feed)."""
+
+    def feed_error(self, body: Any, status: int) -> None:
+        """A non-2xx response body (or an error event in a stream)."""
+        err = body.get("error") if isinstance(body, dict) else None
+        e: dict[str, Any] = {"status": status}
+        if isinstance(err, dict):
+            for k in ("type", "code", "message", "param"):
+                v = err.get(k)
+                if v is not None:
+                    e[k] = v
+            if isinstance(err.get("status"), str):  # Gemini: "INVALID_ARGUMENT"
+                e.setdefault("type", err["status"])
+        elif isinstance(err, str):
+            e["message"] = err
+        elif isinstance(body, dict) and isinstance(body.get("message"), str):
+            e["message"] = body["message"]
+        elif body is not None:
+            e["message"] = str(body)[:1000]
+        self.error = e
+
+    def result(self) -> dict[str, Any]:
+        r: dict[str, Any] = {
+            "text": "".join(self.text_parts),
+            "tool_calls": self.tool_calls,
+            "stop_reason": self.stop_reason,
+        }
+        if self.thinking_parts:
+            r["thinking"] = "".join(self.thinking_parts)
+        if self.model is not None:
+            r["model"] = self.model
+        if self.id is not None:
+            r["id"] = self.id
+        return r
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    hosts: tuple[str, ...] = ()
+    host_suffixes: tuple[str, ...] = ()
+
+    def owns_host(self, host: str) -> bool:
+        return host in self.hosts or (bool(self.host_suffixes) and host.endswith(self.host_suffixes))
+
+    def match_path(self, method: str, path: str) -> str | None:
+        raise NotImplementedError
+
+    def match_body(self, api: str, body: Any) -> bool:
+        raise NotImplementedError
+
+    def model(self, api: str, path: str, body: Any) -> str | None:
+        m = body.get("model") if isinstance(body, dict) else None
+        return m if isinstance(m, str) else None
+
+    def is_stream(self, api: str, path: str, query: str, body: Any) -> bool:
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def new_merger(self, api: str, request: Any) -> Merger:
+        raise NotImplementedError
+
+
+ADAPTERS: list[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    if all(a.name != adapter.name for a in ADAPTERS):
+        ADAPTERS.append(adapter)
+    return adapter
+
+
+def get(name: str) -> Adapter | None:
+    for a in ADAPTERS:
+        if a.name == name:
+            return a
+    return None
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        adapter = getattr(mod, "ADAPTER", None)
+        if isinstance(adapter, Adapter):
+            register(adapter)
+
+
+_discover()

@@ -1,0 +1,105 @@
+"""Stage 4: redaction of secrets in ``llm_call`` and ``http`` events."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .base import Event, Stats
+
+REDACTED = "[REDACTED]"
+
+# header and JSON key names whose value is a secret (compared lower-case, without - and _)
+_SECRET_KEYS = frozenset((
+    "authorization", "proxyauthorization", "xapikey", "apikey", "xgoogapikey", "apitoken",
+    "cookie", "setcookie", "password", "passwd", "secret", "clientsecret", "accesstoken",
+    "refreshtoken", "idtoken", "sessiontoken", "xauthtoken", "xamzsecuritytoken", "privatekey",
+    "openaiapikey", "anthropicapikey", "geminiapikey", "googleapikey", "awssecretaccesskey",
+))
+_QUERY_KEYS = ("key", "api_key", "apikey", "api-key", "access_token", "token", "auth",
+               "password", "secret", "client_secret", "sig", "signature", "x-goog-api-key",
+               "code", "refresh_token", "id_token")
+
+_TOKEN_RE = re.compile(
+    r"sk-ant-[A-Za-z0-9_\-]{8,}"
+    r"|sk-[A-Za-z0-9_\-]{16,}"
+    r"|AIza[0-9A-Za-z_\-]{30,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}"
+    r"|AKIA[0-9A-Z]{16}"
+    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=\-]{8,}"
+    r"|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"
+)
+_QUERY_RE = re.compile(
+    r"(?i)([?&;](?:" + "|".join(re.escape(k) for k in _QUERY_KEYS) + r")=)[^&#\s\"']+"
+)
+# cheap substring tests before running a regex over a (possibly long) string
+_HINTS = ("sk-", "AIza", "earer ", "asic ", "gh", "github_pat_", "xox", "AKIA")
+
+
+def redact_str(s: str) -> str:
+    if "=" in s:
+        s = _QUERY_RE.sub(lambda m: m.group(1) + REDACTED, s)
+    for h in _HINTS:
+        if h in s:
+            return _TOKEN_RE.sub(REDACTED, s)
+    return s
+
+
+def _is_secret_key(k: str) -> bool:
+    return k.lower().replace("-", "").replace("_", "") in _SECRET_KEYS
+
+
+def redact_obj(o: Any) -> Any:
+    """A copy of a JSON value with secret-looking keys and strings redacted."""
+    t = type(o)
+    if t is str:
+        return redact_str(o)
+    if t is dict:
+        return {k: (REDACTED if (type(v) is str and _is_secret_key(k)) else redact_obj(v))
+                for k, v in o.items()}
+    if t is list:
+        return [redact_obj(v) for v in o]
+    return o
+
+
+def redact_headers(h: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for k, v in h.items():
+        if _is_secret_key(k):
+            out[k] = REDACTED
+        else:
+            out[k] = redact_str(v)
+    return out
+
+
+class Redactor:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def feed(self, ev: Event) -> list[Event]:
+        t = ev.get("type")
+        if t == "llm_call":
+            try:
+                self._llm(ev)
+            except Exception:  # never leak a secret because of a bug: drop the payloads
+                self.stats["errors.redact"] += 1
+                ev["request"] = REDACTED
+                ev["response"] = {"text": REDACTED, "tool_calls": [], "stop_reason": None}
+                ev.pop("request_headers", None)
+                ev.pop("response_headers", None)
+        elif t == "http":
+            ev["path"] = redact_str(ev["path"]) if isinstance(ev.get("path"), str) else ev.get("path")
+        return [ev]
+
+    def _llm(self, ev: Event) -> None:
+        ev["path"] = redact_str(ev["path"])
+        ev["request"] = redact_obj(ev["request"])
+        ev["response"] = redact_obj(ev["response"])
+        if "error" in ev:
+            ev["error"] = redact_obj(ev["error"])
+        for k in ("request_headers", "response_headers"):
+            if isinstance(ev.get(k), dict):
+                ev[k] = redact_headers(ev[k])
+
+    def close(self) -> list[Event]:
+        return []

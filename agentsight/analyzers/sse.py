@@ -1,0 +1,70 @@
+"""Incremental server-sent events (text/event-stream) parser."""
+from __future__ import annotations
+
+
+class SSEParser:
+    """Feed body bytes, get complete events ``(event_name, data)`` back.
+
+    Lines end with CRLF, LF or CR; an empty line dispatches the event; several
+    ``data:`` lines are joined with ``\\n``; comments and other fields are
+    ignored.  Only complete events are decoded (UTF-8, errors replaced), so a
+    multi-byte character or a line split across reads is fine.
+    """
+
+    __slots__ = ("_buf", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event: str | None = None
+        self._data: list[bytes] | None = None
+
+    def feed(self, data: bytes) -> list[tuple[str | None, str]]:
+        buf = self._buf + data if self._buf else data
+        cr = b""
+        if b"\r" in buf:
+            if buf[-1:] == b"\r":  # may be the first half of a CRLF
+                cr = b"\r"
+                buf = buf[:-1]
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        nl = buf.rfind(b"\n")
+        self._buf = buf[nl + 1:] + cr
+        buf = buf[: nl + 1]
+        if not buf:
+            return []
+        out: list[tuple[str | None, str]] = []
+        lines = buf.split(b"\n")
+        lines.pop()  # buf ends with "\n": the last piece is empty
+        for line in lines:
+            if not line:
+                self._dispatch(out)
+                continue
+            if line[:5] == b"data:":
+                v = line[6:] if line[5:6] == b" " else line[5:]
+                if self._data is None:
+                    self._data = [v]
+                else:
+                    self._data.append(v)
+            elif line[:6] == b"event:":
+                v = line[7:] if line[6:7] == b" " else line[6:]
+                self._event = v.decode("utf-8", "replace")
+            elif line[:1] == b":":
+                continue
+            elif line == b"data":
+                if self._data is None:
+                    self._data = [b""]
+                else:
+                    self._data.append(b"")
+        return out
+
+    def _dispatch(self, out: list[tuple[str | None, str]]) -> None:
+        if self._data is not None:
+            out.append((self._event, b"\n".join(self._data).decode("utf-8", "replace")))
+        self._event = None
+        self._data = None
+
+    def close(self) -> list[tuple[str | None, str]]:
+        """End of body: a last event without its blank line is still returned."""
+        out = self.feed(b"\n") if self._buf.strip(b"\r") else []
+        if self._data is not None:
+            self._dispatch(out)
+        return out

@@ -1,0 +1,1 @@
+"""Finding TLS libraries and the functions to hook in them."""

@@ -1,0 +1,214 @@
+"""Finding the files whose TLS functions the ssl collector hooks.
+
+A uprobe belongs to a file (its inode), not to a process: one attachment to
+libssl.so.3 covers every process that maps it, now or later. So discovery
+gathers files, each once by device and inode, from what running processes
+execute and map, the dynamic linker's cache and well-known agent runtimes;
+while running, the kernel reports every exec and every opened file named
+like a TLS library, and those are added as they come.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+from ...errors import AgentsightError
+from .libraries import AnalysisFailed, LibraryAnalyzer, TlsLibrary
+
+_TLS_LIBRARY_NAME = re.compile(r"/lib(ssl|gnutls)[^/]*\.so[^/]*$")
+# GnuTLS's OpenSSL compatibility layer: its SSL_* call GnuTLS, which is hooked.
+_WRAPPERS = re.compile(r"/libgnutls-openssl[^/]*$")
+# Runtimes agents run on that carry their own TLS stack; looked for in PATH
+# and in the usual per-user install places.
+_RUNTIME_NAMES = ("node", "bun", "deno", "claude")
+_RUNTIME_GLOBS = (
+    "/root/.bun/bin/bun", "/home/*/.bun/bin/bun",
+    "/root/.nvm/versions/node/*/bin/node", "/home/*/.nvm/versions/node/*/bin/node",
+    "/root/.local/bin/claude", "/home/*/.local/bin/claude",
+)
+
+
+@dataclass
+class TlsFile:
+    path: str        # /proc/self/fd/N: agentsight holds the file open, so hooking
+                     # works after its process exited or in another mount namespace
+    shown_path: str  # the path as the process that uses it sees it
+    library: TlsLibrary
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def kind(self) -> str:
+        return self.library.kind
+
+
+class Discovery:
+    """The TLS files found so far; new ones are returned by each call once."""
+
+    def __init__(self, analyzer: LibraryAnalyzer | None = None):
+        self.analyzer = analyzer or LibraryAnalyzer()
+        self.files: dict[tuple[int, int], TlsFile] = {}
+        self.notes: list[str] = []
+        self._not_tls: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+
+    def add(self, path: str, shown_path: str | None = None, pid: int | None = None) -> TlsFile | None:
+        """Analyses `path` unless already seen; returns it if it is a new TLS file."""
+        shown_path = shown_path or path
+        if _WRAPPERS.search(shown_path):
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # the process is gone, or the file with it
+        keep = False
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            with self._lock:
+                known = self.files.get(key)
+                if known is not None:
+                    if pid:
+                        known.pids.add(pid)
+                    return None
+                if key in self._not_tls:
+                    return None
+            held = f"/proc/self/fd/{fd}"
+            try:
+                library = self.analyzer.analyze(held)
+            except AnalysisFailed as exc:
+                self.notes.append(f"{shown_path}: {exc}")
+                library = None
+            except OSError as exc:
+                self.notes.append(f"{shown_path}: cannot read it ({exc.strerror})")
+                library = None
+            with self._lock:
+                if library is None:
+                    self._not_tls.add(key)
+                    return None
+                if key in self.files:
+                    return None
+                found = TlsFile(held, shown_path, library, {pid} if pid else set())
+                self.files[key] = found
+                keep = True
+                return found
+        finally:
+            if not keep:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Lets go of the files held open for hooking."""
+        for f in self.files.values():
+            if f.path.startswith("/proc/self/fd/"):
+                try:
+                    os.close(int(f.path.rsplit("/", 1)[1]))
+                except OSError:
+                    pass
+        self.files.clear()
+
+    def initial(self, pid: int | None = None) -> list[TlsFile]:
+        """Everything findable now: processes (all, or one), the linker cache, runtimes."""
+        found = []
+        for p in [pid] if pid else _all_pids():
+            found += self.scan_process(p)
+        for path in _linker_cache_tls() + _runtimes():
+            f = self.add(path)
+            if f:
+                found.append(f)
+        return found
+
+    def scan_process(self, pid: int) -> list[TlsFile]:
+        found = []
+        exe = _readlink(f"/proc/{pid}/exe")
+        if exe:
+            f = self.add(f"/proc/{pid}/exe", exe, pid)
+            if f:
+                found.append(f)
+        for path in _mapped_tls_libraries(pid):
+            # Through the process's root: it may live in another mount namespace.
+            f = self.add(f"/proc/{pid}/root{path}", path, pid)
+            if f:
+                found.append(f)
+        return found
+
+    def on_exec(self, pid: int) -> TlsFile | None:
+        exe = _readlink(f"/proc/{pid}/exe")
+        return self.add(f"/proc/{pid}/exe", exe, pid) if exe else None
+
+    def on_open(self, pid: int, path: str) -> TlsFile | None:
+        if not path.startswith("/"):
+            full = f"/proc/{pid}/cwd/{path}"
+        else:
+            full = f"/proc/{pid}/root{path}"
+        return self.add(full, path, pid)
+
+    def binary(self, path: str) -> TlsFile:
+        """--binary: exactly this file, which must hold TLS functions."""
+        if not os.path.isfile(path):
+            raise AgentsightError(f"--binary {path}: no such file", exit_code=2)
+        try:
+            library = self.analyzer.analyze(path)
+        except AnalysisFailed as exc:
+            raise AgentsightError(f"--binary {path}: {exc}", exit_code=2) from None
+        except OSError as exc:
+            raise AgentsightError(f"--binary {path}: cannot read it ({exc.strerror})", exit_code=2) from None
+        if library is None:
+            raise AgentsightError(f"--binary {path}: no TLS library recognised in it "
+                                  "(no OpenSSL, BoringSSL or GnuTLS functions)", exit_code=2)
+        st = os.stat(path)
+        found = TlsFile(path, path, library)
+        self.files[(st.st_dev, st.st_ino)] = found
+        return found
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None  # gone, a kernel thread, or not ours to see
+    return None if target.endswith(" (deleted)") else target
+
+
+def _mapped_tls_libraries(pid: int) -> set[str]:
+    found = set()
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                parts = line.split(None, 5)
+                if len(parts) == 6:
+                    path = parts[5].rstrip("\n")
+                    if _TLS_LIBRARY_NAME.search(path) and not path.endswith(" (deleted)"):
+                        found.add(path)
+    except OSError:
+        pass
+    return found
+
+
+def _linker_cache_tls() -> list[str]:
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = []
+    for line in out.splitlines():
+        _, _, path = line.partition("=>")
+        path = path.strip()
+        if path and _TLS_LIBRARY_NAME.search(path):
+            paths.append(path)
+    return paths
+
+
+def _runtimes() -> list[str]:
+    paths = [shutil.which(name) for name in _RUNTIME_NAMES]
+    for pattern in _RUNTIME_GLOBS:
+        paths += glob.glob(pattern)
+    return [os.path.realpath(p) for p in paths if p and os.path.isfile(p)]

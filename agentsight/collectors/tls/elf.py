@@ -1,0 +1,53 @@
+"""What agentsight reads from ELF files: exported functions and build ids."""
+from __future__ import annotations
+
+from elftools.elf.elffile import ELFFile
+
+
+def open_elf(f) -> ELFFile:
+    return ELFFile(f)
+
+
+def symbol_offsets(elf: ELFFile, names) -> dict[str, int]:
+    """File offsets of the named function symbols the file defines."""
+    loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    lookup = _symbol_lookup(elf)
+    offsets = {}
+    for name in names:
+        sym = lookup(name)
+        if sym is None or sym["st_shndx"] == "SHN_UNDEF" or sym["st_info"]["type"] != "STT_FUNC":
+            continue
+        addr = sym["st_value"]
+        for seg in loads:
+            if seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
+                offsets[name] = addr - seg["p_vaddr"] + seg["p_offset"]
+                break
+    return offsets
+
+
+def _symbol_lookup(elf: ELFFile):
+    # The GNU hash table answers by name without reading all of .dynsym,
+    # which for node holds tens of thousands of symbols.
+    gnu_hash = elf.get_section_by_name(".gnu.hash")
+    if gnu_hash is not None:
+        return gnu_hash.get_symbol
+    tables = [s for s in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")) if s is not None]
+
+    def lookup(name):
+        for table in tables:
+            found = table.get_symbol_by_name(name)
+            if found:
+                return found[0]
+        return None
+
+    return lookup
+
+
+def build_id(elf: ELFFile) -> str | None:
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOTE":
+            continue
+        for note in section.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID":
+                return note["n_desc"]
+    return None

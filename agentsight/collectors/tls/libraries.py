@@ -1,0 +1,188 @@
+"""Recognising which TLS library a file holds, and where its functions are.
+
+Results are kept per file (device, inode, size, mtime) for the run and per
+build (GNU build id, or a content hash) on disk, so a large stripped
+executable is analysed once, not on every run or every exec.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+from elftools.common.exceptions import ELFError
+
+from . import boringssl
+from .elf import build_id, open_elf, symbol_offsets
+
+OPENSSL = "openssl"                # libssl.so, any version
+OPENSSL_STATIC = "openssl-static"  # OpenSSL linked into an executable that exports it (node)
+BORINGSSL = "boringssl-stripped"   # BoringSSL linked in, no symbols (Bun)
+GNUTLS = "gnutls"
+
+OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake", "SSL_free")
+GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
+_ANALYSIS_VERSION = "1"
+
+
+@dataclass
+class TlsLibrary:
+    kind: str
+    functions: dict[str, int]  # function name -> file offset
+    build_id: str | None = None
+    analysis_seconds: float = 0.0
+    from_cache: bool = False
+
+
+class AnalysisFailed(Exception):
+    """The file holds TLS code, but its functions could not be located."""
+
+
+@dataclass
+class _Entry:
+    library: TlsLibrary | None
+    error: str | None = None
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("AGENTSIGHT_CACHE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/agentsight")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentsight"
+
+
+@dataclass
+class LibraryAnalyzer:
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_file: dict[tuple, _Entry] = {}
+        self._by_build: dict[str, dict] = {}
+        self.cache_error: str | None = None
+        if self.cache_dir is not None:
+            try:
+                self._by_build = orjson.loads((self.cache_dir / "tls-libraries.json").read_bytes())
+            except FileNotFoundError:
+                pass
+            except (OSError, orjson.JSONDecodeError) as exc:
+                self.cache_error = f"ignoring unreadable cache {self.cache_dir}: {exc}"
+
+    def analyze(self, path: str) -> TlsLibrary | None:
+        """The TLS library in `path`, or None if it holds none.
+
+        Raises AnalysisFailed when it holds TLS code that cannot be located,
+        OSError when it cannot be read."""
+        st = os.stat(path)
+        file_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            entry = self._by_file.get(file_key)
+            if entry is None:
+                entry = self._analyze(path)
+                self._by_file[file_key] = entry
+        if entry.error:
+            raise AnalysisFailed(entry.error)
+        return entry.library
+
+    def _analyze(self, path: str) -> _Entry:
+        started = time.monotonic()
+        try:
+            with open(path, "rb") as f:
+                try:
+                    elf = open_elf(f)
+                except ELFError:
+                    return _Entry(None)
+                bid = build_id(elf)
+                cached = self._cached(bid)
+                if cached is not None:
+                    return cached
+                functions = symbol_offsets(elf, OPENSSL_FUNCTIONS + GNUTLS_FUNCTIONS)
+                library = _from_symbols(_is_shared_library(elf), functions, bid)
+                if library is None:
+                    library = self._stripped_boringssl(f, path, bid)
+        except AnalysisFailed as exc:
+            entry = _Entry(None, str(exc))
+            self._remember(bid, entry)
+            return entry
+        if library is not None:
+            library.analysis_seconds = time.monotonic() - started
+        entry = _Entry(library)
+        self._remember(bid, entry)
+        return entry
+
+    def _stripped_boringssl(self, f, path: str, bid: str | None) -> TlsLibrary | None:
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            if data.find(boringssl.SSL_LIB_SUFFIX) < 0:
+                return None
+            if bid is None:
+                # No build id: identify the build by its content.
+                bid = "sha256:" + hashlib.sha256(data).hexdigest()
+                cached = self._cached(bid)
+                if cached is not None:
+                    if cached.error:
+                        raise AnalysisFailed(cached.error)
+                    return cached.library
+        try:
+            functions = boringssl.locate(path)
+        except boringssl.NotBoringSSL:
+            return None
+        except boringssl.AnalysisError as exc:
+            raise AnalysisFailed(f"BoringSSL found but not located: {exc}") from None
+        return TlsLibrary(BORINGSSL, functions, bid)
+
+    def _cached(self, bid: str | None) -> _Entry | None:
+        if bid is None:
+            return None
+        record = self._by_build.get(f"{_ANALYSIS_VERSION}:{bid}")
+        if record is None:
+            return None
+        if record.get("error"):
+            return _Entry(None, record["error"])
+        lib = record.get("library")
+        return _Entry(TlsLibrary(**{**lib, "from_cache": True}) if lib else None)
+
+    def _remember(self, bid: str | None, entry: _Entry) -> None:
+        if bid is None or self.cache_dir is None:
+            return
+        lib = asdict(entry.library) if entry.library else None
+        if lib:
+            lib.pop("from_cache")
+        self._by_build[f"{_ANALYSIS_VERSION}:{bid}"] = {"library": lib, "error": entry.error}
+        # Only analyses worth keeping across runs are written: the costly ones.
+        if entry.error or (entry.library and entry.library.kind == BORINGSSL):
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tls-libraries.")
+            with os.fdopen(fd, "wb") as out:
+                out.write(orjson.dumps(self._by_build))
+            os.replace(tmp, self.cache_dir / "tls-libraries.json")
+        except OSError as exc:
+            self.cache_error = f"cannot write the analysis cache in {self.cache_dir}: {exc.strerror}"
+
+
+def _is_shared_library(elf) -> bool:
+    """A library (has a soname), as opposed to an executable, PIE or not."""
+    dynamic = elf.get_section_by_name(".dynamic")
+    return dynamic is not None and any(t.entry.d_tag == "DT_SONAME" for t in dynamic.iter_tags())
+
+
+def _from_symbols(shared: bool, functions: dict[str, int], bid: str | None) -> TlsLibrary | None:
+    openssl = {k: v for k, v in functions.items() if k.startswith("SSL_")}
+    if "SSL_write" in openssl or "SSL_write_ex" in openssl:
+        kind = OPENSSL if shared else OPENSSL_STATIC
+        return TlsLibrary(kind, openssl, bid)
+    gnutls = {k: v for k, v in functions.items() if k.startswith("gnutls_")}
+    if "gnutls_record_send" in gnutls:
+        return TlsLibrary(GNUTLS, gnutls, bid)
+    return None
