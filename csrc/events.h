@@ -44,6 +44,7 @@ enum ssl_fn {
 	FN_GNUTLS_RECORD_SEND = 5,
 	FN_GNUTLS_RECORD_RECV = 6,
 	FN_GNUTLS_HANDSHAKE = 7,
+	FN_SESSION_FREE = 8, /* SSL_free, gnutls_deinit: never reported */
 };
 
 enum ssl_dir {

@@ -79,63 +79,33 @@ static __always_inline int call_enter(__u32 fn, void *ssl, const void *buf, void
 	return 0;
 }
 
+/* One entry program for every hooked function; the attach cookie says
+ * which function this is (enum ssl_fn). Every data function takes the
+ * session first and the buffer second; the _ex variants report the count
+ * through their fourth argument. */
 SEC("uprobe")
-int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf, int num)
+int BPF_KPROBE(tls_enter, void *session, void *buf, __u64 size, void *count_ptr)
 {
-	return call_enter(FN_SSL_WRITE, ssl, buf, NULL);
-}
+	__u32 fn = bpf_get_attach_cookie(ctx);
 
-SEC("uprobe")
-int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf, int num)
-{
-	return call_enter(FN_SSL_READ, ssl, buf, NULL);
-}
+	switch (fn) {
+	case FN_SESSION_FREE: {
+		/* A freed session's address may be handed to the next connection:
+		 * forget it so that connection gets an id of its own. */
+		struct conn_key key = { .ssl = (__u64)session, .tgid = bpf_get_current_pid_tgid() >> 32 };
 
-SEC("uprobe")
-int BPF_KPROBE(ssl_write_ex_enter, void *ssl, const void *buf, size_t num, size_t *written)
-{
-	return call_enter(FN_SSL_WRITE_EX, ssl, buf, written);
-}
-
-SEC("uprobe")
-int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *readbytes)
-{
-	return call_enter(FN_SSL_READ_EX, ssl, buf, readbytes);
-}
-
-SEC("uprobe")
-int BPF_KPROBE(ssl_do_handshake_enter, void *ssl)
-{
-	return call_enter(FN_SSL_DO_HANDSHAKE, ssl, NULL, NULL);
-}
-
-SEC("uprobe")
-int BPF_KPROBE(gnutls_record_send_enter, void *session, const void *data, size_t size)
-{
-	return call_enter(FN_GNUTLS_RECORD_SEND, session, data, NULL);
-}
-
-SEC("uprobe")
-int BPF_KPROBE(gnutls_record_recv_enter, void *session, void *data, size_t size)
-{
-	return call_enter(FN_GNUTLS_RECORD_RECV, session, data, NULL);
-}
-
-SEC("uprobe")
-int BPF_KPROBE(gnutls_handshake_enter, void *session)
-{
-	return call_enter(FN_GNUTLS_HANDSHAKE, session, NULL, NULL);
-}
-
-/* A freed session's address may be handed to the next connection: forget
- * it so that connection gets an id of its own. SSL_free, gnutls_deinit. */
-SEC("uprobe")
-int BPF_KPROBE(session_free_enter, void *ssl)
-{
-	struct conn_key key = { .ssl = (__u64)ssl, .tgid = bpf_get_current_pid_tgid() >> 32 };
-
-	bpf_map_delete_elem(&conns, &key);
-	return 0;
+		bpf_map_delete_elem(&conns, &key);
+		return 0;
+	}
+	case FN_SSL_DO_HANDSHAKE:
+	case FN_GNUTLS_HANDSHAKE:
+		return call_enter(fn, session, NULL, NULL);
+	case FN_SSL_WRITE_EX:
+	case FN_SSL_READ_EX:
+		return call_enter(fn, session, buf, count_ptr);
+	default:
+		return call_enter(fn, session, buf, NULL);
+	}
 }
 
 struct chunk_ctx {
@@ -178,7 +148,7 @@ static long emit_chunk(__u32 i, struct chunk_ctx *cc)
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(ssl_return)
+int BPF_KRETPROBE(tls_return)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *pending = bpf_map_lookup_elem(&calls, &id);

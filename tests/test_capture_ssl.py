@@ -225,3 +225,15 @@ def test_full_ring_losses_are_counted_exactly(https_server, capture):
         assert len(e["data"].encode()) + e["truncated"] == e["len"]
     # Whole calls that were lost show up as a gap before the next call on the conn.
     assert sum(e["gap"] for e in data_events) > 0 or any(e["truncated"] for e in data_events)
+
+
+def test_perf_event_attach_for_kernels_without_uprobe_multi(https_server, capture):
+    """Kernels before 6.6 get one perf-event uprobe per function; forced here."""
+    env = dict(os.environ, AGENTSIGHT_UPROBE_ATTACH="perf")
+    run = capture("ssl", env=env)
+    result = _run_with_pid("python", https_server.url + "/echo", str(https_server.cert), "via-perf-links")
+    events, _ = run.stop()
+    assert stream(events, result["pid"], "send").endswith(b"via-perf-links")
+    assert stream(events, result["pid"], "recv").endswith(b"echo:via-perf-links")
+    fns = {e["fn"] for e in events if e["pid"] == result["pid"]}
+    assert fns == {"SSL_do_handshake", "SSL_write_ex", "SSL_read_ex"}

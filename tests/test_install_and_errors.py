@@ -74,15 +74,23 @@ def test_rebuilt_objects_still_load(tmp_path):
         from agentsight.collectors.base import Filters
         from agentsight.collectors.ssl import SslCollector
         from agentsight.collectors.process import ProcessCollector
-        for c in (SslCollector(Filters(), 1 << 20, 1 << 16), ProcessCollector(Filters(), 1 << 20, 1 << 16)):
-            c.start()
-            print(c.name, sum(o.link_count for o in c.objects))
-            c.close()
+        ssl = SslCollector(Filters(), 1 << 20, 1 << 16)
+        ssl.start()
+        print("ssl", sum(o.link_count for o in ssl.objects), len(ssl.hooked), ssl.attach_mode)
+        ssl.close()
+        proc = ProcessCollector(Filters(), 1 << 20, 1 << 16)
+        proc.start()
+        print("process", sum(o.link_count for o in proc.objects))
+        proc.close()
         """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    counts = dict(line.split() for line in out.stdout.splitlines())
-    assert int(counts["ssl"]) >= 11 and int(counts["process"]) >= 5
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+    links, files, mode = lines["ssl"]
+    assert mode == "multi" and int(files) >= 2  # libssl and node at least
+    # Per file an entry and a return link; then exec, openat enter and exit notices.
+    assert int(links) == 2 * int(files) + 3
+    assert int(lines["process"][0]) == 3 + 6  # exec, exit, fork; open, openat, openat2 enter+exit
 
 
 def _agentsight(*args, user: str | None = None):

@@ -45,6 +45,18 @@ struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach_uprobe(const struct bpf_program *prog, bool retprobe,
                                             int pid, const char *binary_path, size_t func_offset);
 int bpf_link__destroy(struct bpf_link *link);
+int bpf_program__set_expected_attach_type(struct bpf_program *prog, int type);
+
+struct bpf_uprobe_opts {      /* as in libbpf 1.1; sz tells newer versions what we set */
+    size_t sz;
+    size_t ref_ctr_offset;
+    uint64_t bpf_cookie;
+    bool retprobe;
+    const char *func_name;
+};
+struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid,
+                                                 const char *binary_path, size_t func_offset,
+                                                 const struct bpf_uprobe_opts *opts);
 
 const char *bpf_map__name(const struct bpf_map *map);
 int bpf_map__fd(const struct bpf_map *map);
@@ -61,6 +73,7 @@ int ring_buffer__consume(struct ring_buffer *rb);
 void ring_buffer__free(struct ring_buffer *rb);
 
 int vsnprintf(char *str, size_t size, const char *format, void *args);
+long syscall(long number, ...);
 """
 
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "_native" / "lib"

@@ -1,6 +1,8 @@
 """The ssl collector: TLS plaintext from uprobes on the TLS libraries."""
 from __future__ import annotations
 
+import os
+import platform
 import queue
 import sys
 import threading
@@ -9,29 +11,33 @@ from collections.abc import Callable
 from ..bpf.object import BpfObject
 from ..bpf.tracefs import tracefs_available
 from ..errors import AgentsightError
-from ..events import NOTICE_EXEC, NOTICE_OPEN
+from ..bpf.object import BPF_TRACE_UPROBE_MULTI
+from ..events import NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
 from .tls.discovery import Discovery, TlsFile
 
-ENTRY_PROGRAMS = {
-    "SSL_write": "ssl_write_enter",
-    "SSL_read": "ssl_read_enter",
-    "SSL_write_ex": "ssl_write_ex_enter",
-    "SSL_read_ex": "ssl_read_ex_enter",
-    "SSL_do_handshake": "ssl_do_handshake_enter",
-    "SSL_free": "session_free_enter",
-    "gnutls_record_send": "gnutls_record_send_enter",
-    "gnutls_record_recv": "gnutls_record_recv_enter",
-    "gnutls_handshake": "gnutls_handshake_enter",
-    "gnutls_deinit": "session_free_enter",
-}
+# The cookie the entry program is given for each function (enum ssl_fn).
+FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)} | {"SSL_free": 8, "gnutls_deinit": 8}
 # Functions whose return is not needed: they only end a session.
 NO_RETURN_PROBE = {"SSL_free", "gnutls_deinit"}
-RETURN_PROGRAM = "ssl_return"
+ENTRY_PROGRAM, RETURN_PROGRAM = "tls_enter", "tls_return"
 NOTICE_PROGRAMS = ("notice_exec",)
 NOTICE_OPEN_PROGRAMS = ("notice_openat_enter", "notice_openat_exit")
 
 DEFAULT_MAX_CAPTURE = 1 << 20
+
+
+def uprobe_attach_mode() -> str:
+    """"multi": one uprobe_multi link per file (Linux 6.6+); "perf": one
+    perf-event link per function. AGENTSIGHT_UPROBE_ATTACH overrides."""
+    forced = os.environ.get("AGENTSIGHT_UPROBE_ATTACH")
+    if forced in ("multi", "perf"):
+        return forced
+    try:
+        major, minor = (int(x) for x in platform.release().split("-")[0].split(".")[:2])
+    except ValueError:
+        return "perf"
+    return "multi" if (major, minor) >= (6, 6) else "perf"
 
 
 def _stderr_note(text: str) -> None:
@@ -71,8 +77,11 @@ class SslCollector(Collector):
         else:
             files = self.discovery.initial(self.filters.pid)
         disabled = frozenset(NOTICE_PROGRAMS + NOTICE_OPEN_PROGRAMS) if self.binary else frozenset()
+        self.attach_mode = uprobe_attach_mode()
+        attach_types = {ENTRY_PROGRAM: BPF_TRACE_UPROBE_MULTI, RETURN_PROGRAM: BPF_TRACE_UPROBE_MULTI} \
+            if self.attach_mode == "multi" else {}
         obj = BpfObject("ssl.bpf.o", self.filters.config(self.max_capture, self.wakeup_bytes),
-                        self.ring_size, disabled)
+                        self.ring_size, disabled, attach_types)
         self.objects.append(obj)
         for f in files:
             self._hook(f)
@@ -93,15 +102,24 @@ class SslCollector(Collector):
 
     def _hook(self, f: TlsFile) -> None:
         obj = self.objects[0]
-        # A pid given to the uprobe itself keeps the breakpoint out of
-        # every other process; the in-kernel filter stays as well.
-        pid = self.filters.pid or -1
+        functions = sorted(f.library.functions.items())
+        returning = [(fn, offset) for fn, offset in functions if fn not in NO_RETURN_PROBE]
+        # A pid given to the uprobe itself keeps the breakpoint out of every
+        # other process; the in-kernel filter stays as well. A uretprobe
+        # hijacks the return address where it is placed, so it sits on the
+        # function's first byte, like the entry probe.
         with self._attach_lock:
-            for fn, offset in sorted(f.library.functions.items()):
-                obj.attach_uprobe(ENTRY_PROGRAMS[fn], f.path, offset, pid=pid)
-                if fn not in NO_RETURN_PROBE:
-                    # A uretprobe hijacks the return address where it is
-                    # placed, so it must sit on the function's first byte.
+            if self.attach_mode == "multi":
+                pid = self.filters.pid or 0
+                obj.attach_uprobe_multi(ENTRY_PROGRAM, f.path, [o for _, o in functions],
+                                        [FUNCTION_COOKIES[fn] for fn, _ in functions], pid=pid)
+                obj.attach_uprobe_multi(RETURN_PROGRAM, f.path, [o for _, o in returning],
+                                        [FUNCTION_COOKIES[fn] for fn, _ in returning], retprobe=True, pid=pid)
+            else:
+                pid = self.filters.pid or -1
+                for fn, offset in functions:
+                    obj.attach_uprobe(ENTRY_PROGRAM, f.path, offset, pid=pid, cookie=FUNCTION_COOKIES[fn])
+                for fn, offset in returning:
                     obj.attach_uprobe(RETURN_PROGRAM, f.path, offset, retprobe=True, pid=pid)
             self.hooked.append(f)
 
