@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bytes captured per call at most; the rest is reported as truncated (default: 1M)")
     _add_common(ssl)
 
+    probes = sub.add_parser("probes", help="list the TLS libraries found and the functions hooked in each",
+                            description="List every file with a TLS library that `ssl` would hook: the kind "
+                            "recognised and each function's file offset. Run this first when traffic is missing.")
+    probes.add_argument("--pid", type=int, help="only the files this process runs and maps")
+    probes.add_argument("--binary", metavar="PATH", action="append", help="analyse this file (repeatable)")
+    probes.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+
     proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
                           description="Capture process activity, as JSON lines.")
     proc.add_argument("--pid", type=int, help="only this process")
@@ -95,8 +102,9 @@ def _run_capture(collectors, output: str | None, duration: float | None) -> int:
         for note in getattr(collector, "notes", []):
             print(f"agentsight: note: {note}", file=sys.stderr)
         if getattr(collector, "hooked_later", 0):
-            print(f"agentsight: {collector.name}: hooked {collector.hooked_later} more files while running",
-                  file=sys.stderr)
+            delays = sorted(collector.hook_delays_ms)
+            print(f"agentsight: {collector.name}: hooked {collector.hooked_later} more files while running "
+                  f"({delays[len(delays) // 2]:.1f} ms median from exec or open to hooked)", file=sys.stderr)
     return 0
 
 
@@ -118,7 +126,57 @@ def cmd_process(args) -> int:
     return _run_capture([collector], args.output, args.duration)
 
 
-COMMANDS = {"ssl": cmd_ssl, "process": cmd_process}
+def cmd_probes(args) -> int:
+    import orjson
+
+    from .collectors.tls.discovery import Discovery
+
+    discovery = Discovery()
+    if os.geteuid() != 0 and not args.binary:
+        print("agentsight: not root: other users' processes are not visible", file=sys.stderr)
+    if args.binary:
+        files = []
+        for path in args.binary:
+            try:
+                files.append(discovery.binary(path))
+            except AgentsightError as exc:
+                discovery.notes.append(exc.message.removeprefix("--binary "))
+    elif args.pid:
+        files = discovery.scan_process(args.pid)
+    else:
+        files = discovery.initial()
+    found = [
+        {
+            "path": f.shown_path,
+            "kind": f.kind,
+            "build_id": f.library.build_id,
+            "functions": {name: offset for name, offset in sorted(f.library.functions.items(), key=lambda x: x[1])},
+            "pids": sorted(f.pids),
+            "analysis_seconds": round(f.library.analysis_seconds, 3),
+            "from_cache": f.library.from_cache,
+        }
+        for f in files
+    ]
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({"files": found, "notes": discovery.notes}, option=orjson.OPT_INDENT_2))
+        sys.stdout.write("\n")
+    else:
+        for f in found:
+            pids = ", ".join(map(str, f["pids"][:8])) + (" ..." if len(f["pids"]) > 8 else "")
+            how = "from cache" if f["from_cache"] else f"analysed in {f['analysis_seconds']:.3f} s"
+            print(f"{f['path']}\n  kind: {f['kind']}   build id: {f['build_id'] or '-'}   ({how})"
+                  + (f"\n  used by pids: {pids}" if pids else ""))
+            for name, offset in f["functions"].items():
+                print(f"    {name:<20} offset {offset:#x}")
+        if not found:
+            print("no TLS library found")
+    for note in discovery.notes:
+        print(f"agentsight: note: {note}", file=sys.stderr)
+    discovery.close()
+    return 0
+
+
+COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes}
 NEEDS_BPF = {"ssl", "process"}
 
 

@@ -12,12 +12,24 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux"
-# node: any version will do; only install Debian's if there is none.
+packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin"
+# node and npm: any version will do; only install Debian's if there are none.
 command -v node >/dev/null || packages="$packages nodejs"
+command -v npm >/dev/null || packages="$packages npm"
 echo "scripts/test.sh: installing system packages: $packages"
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends $packages >/dev/null
+
+# Bun, the stock build from the npm registry: a stripped executable with
+# BoringSSL inside, like the agents built on it.
+bun_dir=/opt/agentsight-test/bun
+if [ ! -x "$bun_dir/package/bin/bun" ]; then
+    echo "scripts/test.sh: installing Bun into $bun_dir"
+    mkdir -p "$bun_dir"
+    (cd "$bun_dir" && npm pack --silent @oven/bun-linux-x64 >/dev/null && tar xzf oven-bun-linux-x64-*.tgz \
+        && rm -f oven-bun-linux-x64-*.tgz)
+fi
+export AGENTSIGHT_TEST_BUN="$bun_dir/package/bin/bun"
 
 PYTHON=${PYTHON:-python3}
 echo "scripts/test.sh: installing agentsight and its test dependencies"

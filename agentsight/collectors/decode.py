@@ -69,7 +69,7 @@ class RecordDecoder:
     STALE_SECONDS = 2.0
 
     def __init__(self, clock_offset_ns: int | None = None,
-                 on_notice: Callable[[int, int, str], None] | None = None):
+                 on_notice: Callable[[int, int, int, str], None] | None = None):
         self.clock_offset_ns = monotonic_to_unix_offset() if clock_offset_ns is None else clock_offset_ns
         self.counts: Counter[str] = Counter()
         self.bad_records = 0
@@ -230,4 +230,4 @@ class RecordDecoder:
     def _notice(self, record: bytes, out: list) -> None:
         f = self._NOTICE.decode(record)
         if self.on_notice is not None:
-            self.on_notice(f[1], f[6], f[8].decode("utf-8", "replace"))
+            self.on_notice(f[0], f[1], f[6], f[8].decode("utf-8", "replace"))

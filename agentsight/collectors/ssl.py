@@ -6,6 +6,7 @@ import platform
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from ..bpf.object import BpfObject
@@ -62,6 +63,7 @@ class SslCollector(Collector):
         self.report = report
         self.hooked: list[TlsFile] = []
         self.hooked_later = 0
+        self.hook_delays_ms: list[float] = []
         self._notices: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._attach_lock = threading.Lock()
@@ -123,16 +125,16 @@ class SslCollector(Collector):
                     obj.attach_uprobe(RETURN_PROGRAM, f.path, offset, retprobe=True, pid=pid)
             self.hooked.append(f)
 
-    def on_notice(self, pid: int, what: int, path: str) -> None:
+    def on_notice(self, ts_ns: int, pid: int, what: int, path: str) -> None:
         """Called on the consumer thread: hand over, never block it."""
-        self._notices.put((pid, what, path))
+        self._notices.put((ts_ns, pid, what, path))
 
     def _work(self) -> None:
         while True:
             item = self._notices.get()
             if item is None:
                 return
-            pid, what, path = item
+            ts_ns, pid, what, path = item
             try:
                 if what == NOTICE_EXEC:
                     found = self.discovery.on_exec(pid)
@@ -143,6 +145,8 @@ class SslCollector(Collector):
                 if found is not None:
                     self._hook(found)
                     self.hooked_later += 1
+                    # Both on CLOCK_MONOTONIC: how long the program ran unhooked.
+                    self.hook_delays_ms.append((time.monotonic_ns() - ts_ns) / 1e6)
             except AgentsightError as exc:
                 self.report(exc.message.splitlines()[0])
             except Exception as exc:  # discovery must never take the capture down

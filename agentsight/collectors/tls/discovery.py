@@ -157,12 +157,29 @@ class Discovery:
         except OSError as exc:
             raise AgentsightError(f"--binary {path}: cannot read it ({exc.strerror})", exit_code=2) from None
         if library is None:
+            linked = _linked_tls_libraries(path)
+            hint = (f"; it loads {', '.join(linked)}, which `agentsight ssl` hooks without --binary"
+                    if linked else "")
             raise AgentsightError(f"--binary {path}: no TLS library recognised in it "
-                                  "(no OpenSSL, BoringSSL or GnuTLS functions)", exit_code=2)
+                                  f"(no OpenSSL, BoringSSL or GnuTLS functions){hint}", exit_code=2)
         st = os.stat(path)
         found = TlsFile(path, path, library)
         self.files[(st.st_dev, st.st_ino)] = found
         return found
+
+
+def _linked_tls_libraries(path: str) -> list[str]:
+    from elftools.common.exceptions import ELFError
+
+    from .elf import open_elf
+
+    try:
+        with open(path, "rb") as f:
+            dynamic = open_elf(f).get_section_by_name(".dynamic")
+            needed = [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"] if dynamic else []
+    except (OSError, ELFError):
+        return []
+    return [n for n in needed if re.match(r"lib(ssl|gnutls)\.so", n)]
 
 
 def _all_pids() -> list[int]:
