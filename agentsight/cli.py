@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentsight {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    ssl = sub.add_parser("ssl", help="capture TLS plaintext (OpenSSL in libssl and node)",
+    ssl = sub.add_parser("ssl", help="capture TLS plaintext (OpenSSL, BoringSSL, GnuTLS)",
                          description="Capture the plaintext of TLS reads and writes, as JSON lines.")
     ssl.add_argument("--pid", type=int, help="only this process")
     ssl.add_argument("--comm", help="only tasks with this name (as in /proc/PID/comm)")
@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     probes.add_argument("--pid", type=int, help="only the files this process runs and maps")
     probes.add_argument("--binary", metavar="PATH", action="append", help="analyse this file (repeatable)")
     probes.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+
+    trace = sub.add_parser("trace", help="capture and analyse: LLM calls, HTTP exchanges, process activity",
+                           description="Capture TLS and process activity and print what it means: one llm_call "
+                           "per LLM API call, one http event per other HTTP exchange, and the process events.")
+    trace.add_argument("--pid", type=int, help="only this process")
+    trace.add_argument("--comm", help="only tasks with this name")
+    trace.add_argument("--uid", type=int, help="only this user id")
+    trace.add_argument("--no-open", action="store_true", help="leave out file opens")
+    trace.add_argument("--raw", metavar="FILE", help="also keep the raw events here, for `replay`")
+    trace.add_argument("--no-redact", action="store_true", help="keep API keys, tokens and cookies")
+    trace.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
+                       help="bytes captured per TLS call at most (default: 1M)")
+    _add_common(trace)
+
+    replay = sub.add_parser("replay", help="analyse a file written by ssl, process or trace --raw",
+                            description="Run the analyzers over raw events recorded earlier (no root needed).")
+    replay.add_argument("file", metavar="RAW.jsonl", help="raw events, one JSON object per line ('-': stdin)")
+    replay.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
+    replay.add_argument("--no-redact", action="store_true", help="keep API keys, tokens and cookies")
 
     proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
                           description="Capture process activity, as JSON lines.")
@@ -74,7 +93,9 @@ def _ready(description: str) -> None:
     print(f"ready: {description}", file=sys.stderr, flush=True)
 
 
-def _run_capture(collectors, output: str | None, duration: float | None) -> int:
+def _run_capture(collectors, output: str | None, duration: float | None, analysis=None) -> int:
+    """Runs the collectors into JSON lines; `analysis` (see _Analysis) turns raw
+    events into what is written."""
     from .capture import Capture, print_summary
     from .sinks.jsonl import JsonlSink
 
@@ -82,7 +103,7 @@ def _run_capture(collectors, output: str | None, duration: float | None) -> int:
 
     def emit(events: list[dict]) -> bool:
         try:
-            sink.write_many(events)
+            sink.write_many(analysis(events) if analysis else events)
             sink.flush()
         except BrokenPipeError:
             # The reader of stdout went away (e.g. `| head`): stop quietly.
@@ -92,12 +113,16 @@ def _run_capture(collectors, output: str | None, duration: float | None) -> int:
 
     try:
         summary = Capture(collectors, emit).run(duration=duration, ready=_ready)
+        if analysis:
+            emit(analysis.close())
     finally:
         try:
             sink.close()
         except BrokenPipeError:
             pass
     print_summary(summary)
+    if analysis:
+        analysis.report()
     for collector in collectors:
         for note in getattr(collector, "notes", []):
             print(f"agentsight: note: {note}", file=sys.stderr)
@@ -106,6 +131,40 @@ def _run_capture(collectors, output: str | None, duration: float | None) -> int:
             print(f"agentsight: {collector.name}: hooked {collector.hooked_later} more files while running "
                   f"({delays[len(delays) // 2]:.1f} ms median from exec or open to hooked)", file=sys.stderr)
     return 0
+
+
+class _Analysis:
+    """Raw events -> the analyzers' output; optionally keeps the raw events too."""
+
+    def __init__(self, redact: bool, raw_output: str | None):
+        from .analyzers import Pipeline
+        from .sinks.jsonl import JsonlSink
+
+        if not redact:
+            print("agentsight: warning: --no-redact: API keys, tokens and cookies will appear in the output",
+                  file=sys.stderr)
+        self.pipeline = Pipeline(redact=redact)
+        self.raw = JsonlSink(raw_output) if raw_output else None
+
+    def __call__(self, events: list[dict]) -> list[dict]:
+        if self.raw:
+            self.raw.write_many(events)
+        feed = self.pipeline.feed
+        out: list[dict] = []
+        for event in events:
+            out += feed(event)
+        return out
+
+    def close(self) -> list[dict]:
+        if self.raw:
+            self.raw.close()
+        return self.pipeline.close()
+
+    def report(self) -> None:
+        stats = self.pipeline.stats
+        shown = {k: v for k, v in sorted(stats.items()) if v and not k.startswith("events.")}
+        line = ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing skipped"
+        print(f"agentsight: analysis: {line}", file=sys.stderr)
 
 
 def cmd_ssl(args) -> int:
@@ -176,8 +235,63 @@ def cmd_probes(args) -> int:
     return 0
 
 
-COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes}
-NEEDS_BPF = {"ssl", "process"}
+def cmd_trace(args) -> int:
+    from .collectors.base import Filters
+    from .collectors.process import ProcessCollector
+    from .collectors.ssl import SslCollector
+
+    filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
+    wakeup = _wakeup_bytes(args.ring_size)
+    collectors = [
+        SslCollector(filters, args.ring_size, wakeup, args.max_capture),
+        ProcessCollector(filters, args.ring_size, wakeup, opens=not args.no_open),
+    ]
+    return _run_capture(collectors, args.output, args.duration, _Analysis(not args.no_redact, args.raw))
+
+
+def cmd_replay(args) -> int:
+    import time
+
+    import orjson
+
+    from .sinks.jsonl import JsonlSink
+
+    try:
+        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    except OSError as exc:
+        raise AgentsightError(f"cannot read {args.file}: {exc.strerror}", exit_code=2) from None
+    analysis = _Analysis(not args.no_redact, None)
+    sink = JsonlSink(args.output)
+    bad_lines = lines = size = 0
+    started = last_progress = time.monotonic()
+    progress = sys.stderr.isatty()
+    with source:
+        for lines, line in enumerate(source, 1):
+            size += len(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                if line.strip():
+                    bad_lines += 1
+                continue
+            sink.write_many(analysis([event]))
+            if progress and lines % 4096 == 0 and time.monotonic() - last_progress > 1:
+                last_progress = time.monotonic()
+                print(f"\ragentsight: replay: {lines} lines, {size / 1e6:.1f} MB", end="", file=sys.stderr)
+    sink.write_many(analysis.close())
+    sink.close()
+    if progress:
+        print(file=sys.stderr)
+    seconds = time.monotonic() - started
+    print(f"agentsight: replay: {lines} lines, {size / 1e6:.1f} MB in {seconds:.1f} s; "
+          f"{bad_lines} lines were not JSON", file=sys.stderr)
+    analysis.report()
+    return 0
+
+
+COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes, "trace": cmd_trace,
+            "replay": cmd_replay}
+NEEDS_BPF = {"ssl", "process", "trace"}
 
 
 def main(argv: list[str] | None = None) -> int:
