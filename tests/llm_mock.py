@@ -430,8 +430,9 @@ class _RecordingWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         data = bytes(b)
-        self._sock.sendall(data)
+        # recorded before it is sent, so a client that got the bytes finds them recorded
         self._rec.add(self._conn, "send", data)
+        self._sock.sendall(data)
         return len(data)
 
 

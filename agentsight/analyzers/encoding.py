@@ -7,11 +7,11 @@ from typing import Callable
 try:
     import brotli
 except ImportError:  # pragma: no cover - a dependency
-    brotli = None
+    brotli = None  # type: ignore[assignment]
 try:
     import zstandard
 except ImportError:  # pragma: no cover - a dependency
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 
 class DecodeError(Exception):
@@ -112,7 +112,7 @@ class BodyDecoder:
     decoded size (a decompression bomb raises DecodeError).
     """
 
-    __slots__ = ("_chain", "_size", "_limit")
+    __slots__ = ("_chain", "_size", "_limit", "active")
 
     def __init__(self, encoding: str | None, limit: int = 256 << 20) -> None:
         names = [n.strip().lower() for n in (encoding or "").split(",") if n.strip()]
@@ -124,6 +124,7 @@ class BodyDecoder:
             if n != "identity":
                 chain.append(f())
         self._chain = chain
+        self.active = bool(chain)  # False: identity, feed() may be skipped
         self._size = 0
         self._limit = limit
 

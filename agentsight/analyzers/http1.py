@@ -39,6 +39,7 @@ from .reassembly import REQUEST, classify_prefix
 MAX_HEADER_BYTES = 1 << 20
 MAX_REQUEST_BODY = 64 << 20  # kept for the LLM stage; bigger bodies are counted, not kept
 MAX_FILL = 64 << 20
+MAX_CONNS = 4096  # beyond this, idle connections (nothing in flight) are forgotten
 _FILL_PIECE = b"\0" * (1 << 16)
 
 _xids = itertools.count(1)
@@ -154,7 +155,7 @@ class _H1Conn:
         req = self.req
         try:
             while True:
-                e = req.next_event()
+                e: Any = req.next_event()
                 if e is h11.NEED_DATA:
                     return
                 if e is h11.PAUSED:
@@ -259,7 +260,7 @@ class _H1Conn:
         else:
             self.resp_lost = self.resp_lost or reason
 
-    def _pump_resp(self, ts: int, out: list[Event]) -> None:
+    def _pump_resp(self, ts: int, out: list[Event], eof: str | None = None) -> None:
         if self.resp_broken or self.dead:
             return
         resp = self.resp
@@ -278,7 +279,7 @@ class _H1Conn:
                     resp.send(h11.Request(method=x.method, target=x.target or b"/",
                                           headers=hdrs))
                     resp.send(_EOM)
-                e = resp.next_event()
+                e: Any = resp.next_event()
                 if e is h11.NEED_DATA:
                     return
                 t = type(e)
@@ -316,14 +317,17 @@ class _H1Conn:
                         self._resp_closed(ts, out)
                     return
                 elif t is h11.ConnectionClosed:
-                    self._resp_closed(ts, out)
+                    self._resp_closed(ts, out, eof or "connection_closed")
                     return
         except h11.ProtocolError:
-            self.stats["skipped.malformed_http"] += 1
+            # at the end of the connection h11 complains about the missing bytes:
+            # that is the close reason, not malformed HTTP
+            if eof is None:
+                self.stats["skipped.malformed_http"] += 1
             self.resp_broken = True
             x = self.cur_resp
             if x is not None:
-                self._end(x, ts, out, x.incomplete or "malformed_http")
+                self._end(x, ts, out, x.incomplete or eof or "malformed_http")
 
     def _end(self, x: _Exchange, ts: int, out: list[Event], incomplete: str | None) -> None:
         self.cur_resp = None
@@ -332,13 +336,14 @@ class _H1Conn:
                     "incomplete": incomplete, "responded": x.responded,
                     "resp_size": x.resp_size})
 
-    def _resp_closed(self, ts: int, out: list[Event]) -> None:
+    def _resp_closed(self, ts: int, out: list[Event], reason: str = "connection_closed") -> None:
         """No more responses can be parsed on this connection."""
         self.dead = True
-        self.cur_resp = None
+        if self.cur_resp is not None:
+            self._end(self.cur_resp, ts, out, self.cur_resp.incomplete or reason)
         while self.queue:
             x = self.queue.popleft()
-            self._end(x, ts, out, x.incomplete or "connection_closed")
+            self._end(x, ts, out, x.incomplete or reason)
 
     # -- end of the connection -------------------------------------------
     def close(self, reason: str, ts: int, out: list[Event]) -> None:
@@ -352,10 +357,10 @@ class _H1Conn:
                     self.resp.receive_data(b"")
                 except h11.ProtocolError:
                     pass
-                self._pump_resp(ts, out)
-        x = self.cur_resp
-        if x is not None:
-            self._end(x, ts, out, x.incomplete or reason)
+                self._pump_resp(ts, out, eof=reason)
+        cur = self.cur_resp
+        if cur is not None:
+            self._end(cur, ts, out, cur.incomplete or reason)
         while self.queue:
             x = self.queue.popleft()
             self._end(x, ts, out, x.incomplete or reason)
@@ -375,6 +380,8 @@ class Http1Parser:
             if c is None:
                 if key in self._failed:
                     return []
+                if len(self._conns) >= MAX_CONNS:
+                    self._evict_idle()
                 c = self._conns[key] = _H1Conn(ev, self.stats)
             out: list[Event] = []
             try:
@@ -396,6 +403,21 @@ class Http1Parser:
             self._drop(ev["key"], ev["reason"], ts if ts is not None else (c.last_ts if c else 0), out)
             return out
         return [ev]
+
+    def _evict_idle(self) -> None:
+        """Forget the oldest idle connections: they hold no exchange, so if
+        one is used again a fresh parser starts at a message boundary."""
+        target = MAX_CONNS * 3 // 4
+        for key in list(self._conns):
+            if len(self._conns) <= target:
+                break
+            c = self._conns[key]
+            if (c.cur_req is None and c.cur_resp is None and not c.queue
+                    and c.req_start is None):
+                del self._conns[key]
+                self.stats["http.evicted_idle"] += 1
+        if len(self._failed) > MAX_CONNS:
+            self._failed.clear()
 
     def _drop(self, key: ConnKey, reason: str, ts: int, out: list[Event]) -> None:
         c = self._conns.pop(key, None)

@@ -214,14 +214,16 @@ class LlmAnalyzer:
     def _body(self, x: _Call, ev: Event) -> None:
         if x.failed or x.decoder is None:
             return
-        try:
-            data = x.decoder.feed(ev["data"])
-        except DecodeError:
-            self.stats["skipped.bad_encoding"] += 1
-            x.failed = "bad content-encoding"
-            return
-        if not data:
-            return
+        data = ev["data"]
+        if x.decoder.active:
+            try:
+                data = x.decoder.feed(data)
+            except DecodeError:
+                self.stats["skipped.bad_encoding"] += 1
+                x.failed = "bad content-encoding"
+                return
+            if not data:
+                return
         if x.sse is not None:
             self._sse(x, x.sse.feed(data), ev["ts"])
         else:

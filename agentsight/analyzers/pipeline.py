@@ -1,4 +1,30 @@
-"""The analysis Pipeline: raw capture events in, ``http``/``llm_call`` out."""
+"""The analysis Pipeline: raw capture events in, ``http``/``llm_call`` out.
+
+Output events (JSON-serialisable dicts; every one has ``type`` and ``ts``):
+
+* ``exec``, ``exit``, ``fork``, ``open``: passed through unchanged.
+* ``http`` (an exchange that is not an LLM call): ``method``, ``host``, ``path``
+  (with the query string, redacted), ``status`` (None if no response),
+  ``request_size``/``response_size`` (body bytes on the wire), ``started_ns``,
+  ``ended_ns``, ``pid``, ``tid``, ``comm``, ``conn``, ``side`` ("client", or
+  "server" when the traced process answered the request).
+* ``llm_call``: ``provider`` (anthropic|openai|gemini|unknown), ``api``
+  (messages, chat.completions, responses, completions, embeddings,
+  generateContent, streamGenerateContent), ``model`` (as requested), ``stream``,
+  ``status``, ``method``, ``host``, ``path``, ``request`` (parsed JSON body),
+  ``request_headers``, ``response_headers``, ``response`` = {``text``,
+  ``tool_calls`` [{``id``, ``name``, ``arguments``}], ``stop_reason``, and when
+  known ``thinking``, ``model`` (as served), ``id``}, ``usage`` (``input_tokens``,
+  ``output_tokens``, and when reported ``cache_read_input_tokens``,
+  ``cache_creation_input_tokens``, ``reasoning_tokens``, ``total_tokens``),
+  ``started_ns``, ``first_token_ns`` (streams; None otherwise), ``ended_ns``,
+  ``pid``, ``tid``, ``comm``, ``conn``, ``side``; ``error`` {status, type, code,
+  message} when the API returned an error or the connection failed.
+
+Both carry ``incomplete: True`` and ``incomplete_reason`` (process_exit,
+truncated, gap, malformed_http, connection_closed, end_of_capture,
+internal_error) when the exchange was not seen whole.  ``ts`` is ``ended_ns``.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -29,6 +55,8 @@ class Pipeline:
         if redact:
             stages.append(Redactor(st))
         self._stages = stages
+        self._first = stages[0]
+        self._rest = tuple(stages[1:])
         self._closed = False
 
     def feed(self, event: Any) -> list[Event]:
@@ -39,9 +67,8 @@ class Pipeline:
             st["skipped.after_close"] += 1
             return []
         try:
-            stages = self._stages
-            evs = stages[0].feed(event)
-            for s in stages[1:]:
+            evs = self._first.feed(event)
+            for s in self._rest:
                 if not evs:
                     return evs
                 if len(evs) == 1:

@@ -20,6 +20,7 @@ from .base import PROCESS_TYPES, ConnKey, Event, Stats
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _METHOD = re.compile(rb"[A-Z][A-Z_-]{0,23}")
 _DECIDE_BYTES = 24  # enough to tell a request, a response and the h2 preface
+MAX_CONNS = 1 << 16  # connection states kept; the oldest quarter goes beyond that
 
 # connection states
 _UNDECIDED, _HTTP, _DEAD = 0, 1, 2
@@ -74,11 +75,14 @@ class StreamReassembler:
         t = ev.get("type")
         if t == "ssl":
             return self._ssl(ev)
+        if type(t) is not str:
+            stats["skipped.malformed_event"] += 1
+            return []
         if t in PROCESS_TYPES:
             if t == "exit":
                 return self._exit(ev)
             return [ev]
-        stats["skipped.unknown_type" if isinstance(t, str) else "skipped.malformed_event"] += 1
+        stats["skipped.unknown_type"] += 1
         return []
 
     def _ssl(self, ev: Event) -> list[Event]:
@@ -131,6 +135,8 @@ class StreamReassembler:
         if gap or trunc:
             stats["bytes.lost"] += gap + trunc
         if c is None:
+            if len(self._conns) >= MAX_CONNS:
+                self._evict()
             c = self._conns[key] = _Conn(pid)
             self._by_pid.setdefault(pid, set()).add(key)
         if c.state == _HTTP:
@@ -183,11 +189,23 @@ class StreamReassembler:
             p["side"] = side
         return out
 
+    def _evict(self) -> None:
+        """Forget the oldest connections (a long capture whose processes never exit)."""
+        n = len(self._conns) // 4
+        for key in list(self._conns)[:n]:
+            del self._conns[key]
+            keys = self._by_pid.get(key[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_pid[key[0]]
+        self.stats["ssl.evicted_conns"] += n
+
     # -- end of connections ----------------------------------------------
     def _exit(self, ev: Event) -> list[Event]:
+        # One exit event per process, sent by whichever thread left last.
         pid = ev.get("pid")
-        tid = ev.get("tid", pid)
-        if type(pid) is not int or (tid != pid and tid is not None):
+        if type(pid) is not int:
             return [ev]
         keys = self._by_pid.pop(pid, None)
         if not keys:

@@ -89,6 +89,9 @@ class Redactor:
                 ev.pop("response_headers", None)
         elif t == "http":
             ev["path"] = redact_str(ev["path"]) if isinstance(ev.get("path"), str) else ev.get("path")
+        elif t == "exec" and isinstance(ev.get("argv"), list):
+            # e.g. curl -H "Authorization: Bearer ..." run by an agent
+            ev["argv"] = [redact_str(a) if isinstance(a, str) else a for a in ev["argv"]]
         return [ev]
 
     def _llm(self, ev: Event) -> None:

@@ -7,7 +7,7 @@ class SSEParser:
 
     Lines end with CRLF, LF or CR; an empty line dispatches the event; several
     ``data:`` lines are joined with ``\\n``; comments and other fields are
-    ignored.  Only complete events are decoded (UTF-8, errors replaced), so a
+    ignored.  NUL bytes (lost bytes) end the current event.  Only complete events are decoded (UTF-8, errors replaced), so a
     multi-byte character or a line split across reads is fine.
     """
 
@@ -20,6 +20,11 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[tuple[str | None, str]]:
         buf = self._buf + data if self._buf else data
+        if b"\0" in buf:
+            # NUL never occurs in an event stream: it is the HTTP stage's filler
+            # for bytes the capture lost.  End the damaged event there, so the
+            # events after the hole parse again.
+            buf = buf.replace(b"\0", b"\n")
         cr = b""
         if b"\r" in buf:
             if buf[-1:] == b"\r":  # may be the first half of a CRLF
