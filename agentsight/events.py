@@ -30,7 +30,8 @@ from construct import (
 TASK_COMM_LEN = 16
 SSL_CHUNK = 16384
 
-EVENT_SSL, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_OPEN, EVENT_TLS_NOTICE = 1, 2, 3, 4, 5, 6
+EVENT_SSL, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_OPEN, EVENT_TLS_NOTICE, EVENT_FILE, EVENT_CONNECT = range(1, 9)
+FILE_OPS = {1: "unlink", 2: "rmdir", 3: "rename"}
 NOTICE_EXEC, NOTICE_OPEN = 1, 2
 KIND_OFFSET = 20  # offset of event_header.kind
 
@@ -52,9 +53,11 @@ _HEADER = (
 
 CONFIG = Struct(
     "tgid" / Int32ul,
+    "follow" / Int32ul,
     "uid" / Int32ul,
     "filter_uid" / Int32ul,
     "max_capture" / Int32ul,
+    Padding(4),
     "wakeup_bytes" / Int64ul,
     "comm" / Bytes(TASK_COMM_LEN),
 )
@@ -82,8 +85,11 @@ EXEC_EVENT = Struct(
     "filename_len" / Int32ul,
     "args_len" / Int32ul,
     "args_truncated" / Int32ul,
+    "cwd_len" / Int32ul,
+    "cwd_truncated" / Int32ul,
     "filename" / Bytes(this.filename_len),
     "args" / Bytes(this.args_len),
+    "cwd" / Bytes(this.cwd_len),
 )
 
 EXIT_EVENT = Struct(
@@ -104,7 +110,34 @@ OPEN_EVENT = Struct(
     "ret" / Int64sl,
     "flags" / Int32sl,
     "path_len" / Int32ul,
+    "resolved_len" / Int32ul,
+    "resolved_truncated" / Int32ul,
     "path" / Bytes(this.path_len),
+    "resolved" / Bytes(this.resolved_len),
+)
+
+FILE_EVENT = Struct(
+    *_HEADER,
+    "ret" / Int64sl,
+    "op" / Int32ul,
+    "flags" / Int32ul,
+    "path_len" / Int32ul,
+    "path2_len" / Int32ul,
+    "dir_len" / Int32ul,
+    "dir2_len" / Int32ul,
+    "path" / Bytes(this.path_len),
+    "path2" / Bytes(this.path2_len),
+    "dir" / Bytes(this.dir_len),
+    "dir2" / Bytes(this.dir2_len),
+)
+
+CONNECT_EVENT = Struct(
+    *_HEADER,
+    "ret" / Int64sl,
+    "family" / Int16ul,
+    "port" / Int16ul,
+    Padding(4),
+    "addr" / Bytes(16),
 )
 
 TLS_NOTICE = Struct(
@@ -121,6 +154,8 @@ LAYOUTS = {
     EVENT_FORK: FORK_EVENT,
     EVENT_OPEN: OPEN_EVENT,
     EVENT_TLS_NOTICE: TLS_NOTICE,
+    EVENT_FILE: FILE_EVENT,
+    EVENT_CONNECT: CONNECT_EVENT,
 }
 
 # The C struct names behind each layout, for the BTF comparison.
@@ -132,6 +167,8 @@ C_NAMES = {
     "struct fork_event": FORK_EVENT,
     "struct open_event": OPEN_EVENT,
     "struct tls_notice": TLS_NOTICE,
+    "struct file_event": FILE_EVENT,
+    "struct connect_event": CONNECT_EVENT,
 }
 
 
@@ -189,6 +226,8 @@ class FastLayout:
         self.size = self.struct.size
         self.names = tuple(names) + tuple(n for n, _ in tail)
         self.offsets = offsets
+        # (trailing field, the fixed field holding its length)
+        self.tails = tuple((n, names[i]) for n, i in tail)
         self._tail = tuple(i for _, i in tail)
 
     def decode(self, record: bytes) -> tuple[Any, ...]:

@@ -35,8 +35,35 @@ static __always_inline void stat_add(__u32 index, __u64 n)
 		*v += n;
 }
 
+/* Processes being recorded, when following a process tree (cfg.follow).
+ * Shared by the objects of one run: user space hands one map to all. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* tgid */
+	__type(value, __u8);
+} traced SEC(".maps");
+
+static __always_inline bool is_traced(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&traced, &tgid) != NULL;
+}
+
+static __always_inline bool comm_is(const char *comm)
+{
+	for (int i = 0; i < TASK_COMM_LEN; i++) {
+		if (comm[i] != cfg.comm[i])
+			return false;
+		if (!comm[i])
+			break;
+	}
+	return true;
+}
+
 static __always_inline bool task_wanted(void)
 {
+	if (cfg.follow)
+		return is_traced(bpf_get_current_pid_tgid() >> 32);
 	if (cfg.tgid && (bpf_get_current_pid_tgid() >> 32) != cfg.tgid)
 		return false;
 	if (cfg.filter_uid && (__u32)bpf_get_current_uid_gid() != cfg.uid)
@@ -45,12 +72,7 @@ static __always_inline bool task_wanted(void)
 		char comm[TASK_COMM_LEN];
 
 		bpf_get_current_comm(comm, sizeof(comm));
-		for (int i = 0; i < TASK_COMM_LEN; i++) {
-			if (comm[i] != cfg.comm[i])
-				return false;
-			if (!comm[i])
-				break;
-		}
+		return comm_is(comm);
 	}
 	return true;
 }

@@ -15,6 +15,16 @@
 #define ARGS_MAX 8192
 #define FILENAME_MAX_LEN 512
 #define PATH_MAX_LEN 512
+/* A path resolved in the kernel: its components, leaf first, each ending in
+ * NUL. The walk stops adding components at PATH_WALK_MAX bytes; the buffer
+ * has room for one more full component. */
+#define PATH_WALK_MAX 2048
+#define PATH_RESOLVED_BUF 4096
+#define PATH_DEPTH_MAX 64
+/* Variable parts are placed at offsets bounded by power-of-two masks, which
+ * the verifier can follow; the buffers leave room behind the largest. */
+#define EXEC_TAIL_OFFSET_MASK 16383 /* file name + arguments end below this */
+#define FILE_DATA_BUF 16384
 
 enum event_kind {
 	EVENT_SSL = 1,
@@ -23,6 +33,8 @@ enum event_kind {
 	EVENT_FORK = 4,
 	EVENT_OPEN = 5,
 	EVENT_TLS_NOTICE = 6, /* internal: a file that may hold a TLS library appeared */
+	EVENT_FILE = 7,       /* unlink, rmdir, rename */
+	EVENT_CONNECT = 8,
 };
 
 struct event_header {
@@ -76,7 +88,9 @@ struct exec_event {
 	__u32 filename_len;
 	__u32 args_len;       /* NUL-separated argv bytes after the file name */
 	__u32 args_truncated; /* 1 when the argument area was longer than ARGS_MAX */
-	char data[FILENAME_MAX_LEN + ARGS_MAX];
+	__u32 cwd_len;        /* resolved working directory after the arguments */
+	__u32 cwd_truncated;
+	char data[EXEC_TAIL_OFFSET_MASK + 1 + PATH_RESOLVED_BUF];
 };
 
 struct exit_event {
@@ -96,8 +110,38 @@ struct open_event {
 	struct event_header hdr;
 	__s64 ret;
 	__s32 flags;
+	__u32 path_len;     /* the path as given */
+	__u32 resolved_len; /* the opened file's path, resolved (successful opens) */
+	__u32 resolved_truncated;
+	char data[PATH_MAX_LEN + PATH_RESOLVED_BUF];
+};
+
+enum file_op {
+	FILE_UNLINK = 1,
+	FILE_RMDIR = 2,
+	FILE_RENAME = 3,
+};
+
+/* Relative paths come with the directory they are relative to, resolved. */
+struct file_event {
+	struct event_header hdr;
+	__s64 ret;
+	__u32 op;       /* enum file_op */
+	__u32 flags;
 	__u32 path_len;
-	char path[PATH_MAX_LEN];
+	__u32 path2_len; /* rename: the new name */
+	__u32 dir_len;
+	__u32 dir2_len;
+	char data[FILE_DATA_BUF];
+};
+
+struct connect_event {
+	struct event_header hdr;
+	__s64 ret;       /* 0, or -errno (-EINPROGRESS for non-blocking sockets) */
+	__u16 family;    /* AF_INET, AF_INET6 */
+	__u16 port;      /* host byte order */
+	__u32 reserved;
+	__u8 addr[16];
 };
 
 enum tls_notice_what {
@@ -116,9 +160,12 @@ struct tls_notice {
  * verifier prunes the filters that are off. */
 struct config {
 	__u32 tgid;         /* only this process; 0: any */
+	__u32 follow;       /* only processes in the `traced` map, which forks extend;
+	                     * comm then names programs whose exec adds them */
 	__u32 uid;          /* only this real uid, when filter_uid is set */
 	__u32 filter_uid;
 	__u32 max_capture;  /* ssl: bytes of one call captured at most */
+	__u32 reserved;
 	__u64 wakeup_bytes; /* wake the consumer once this much data is pending */
 	char comm[TASK_COMM_LEN]; /* only tasks of this name; "": any */
 };

@@ -82,3 +82,35 @@ def test_long_argv_is_captured_whole(capture):
     events, _ = run.stop()
     execs = [e for e in events if e["type"] == "exec" and e["argv"][:1] == ["true"] and len(e["argv"]) > 1]
     assert execs and execs[0]["argv"] == ["true", *args]
+
+
+def test_file_activity_and_connections_with_resolved_paths(capture, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    script = ("echo hi > a.txt && mv a.txt b.txt && rm b.txt && mkdir d && rmdir d && "
+              "(curl -s -m 2 http://127.0.0.1:9/ || true)")
+    run = capture("process")
+    sh = subprocess.Popen(["sh", "-c", script], cwd=work)
+    assert sh.wait(30) == 0
+    events, stderr = run.stop()
+    tree = {sh.pid}
+    for e in events:
+        if e["type"] == "fork" and e["pid"] in tree:
+            tree.add(e["child_pid"])
+    mine = [e for e in events if e["pid"] in tree]
+    by_type = {}
+    for e in mine:
+        by_type.setdefault(e["type"], []).append(e)
+
+    assert all(e["cwd"] == str(work) for e in by_type["exec"])
+    writes = [e for e in by_type["open"] if e["path"] == "a.txt"]
+    assert writes and writes[0]["resolved"] == str(work / "a.txt") and writes[0]["flags"] & os.O_CREAT
+    (rename,) = by_type["rename"]
+    assert (rename["resolved"], rename["new_resolved"], rename["ret"]) == (str(work / "a.txt"), str(work / "b.txt"), 0)
+    (unlink,) = by_type["unlink"]
+    assert unlink["resolved"] == str(work / "b.txt") and unlink["comm"] == "rm"
+    (rmdir,) = by_type["rmdir"]
+    assert rmdir["resolved"] == str(work / "d")
+    (connect,) = [e for e in by_type["connect"] if e["comm"] == "curl"]
+    assert (connect["family"], connect["addr"], connect["port"]) == ("ipv4", "127.0.0.1", 9)
+    assert "ready: process: exec, exit, fork, open, file, connect" in stderr

@@ -23,21 +23,16 @@ from agentsight.events import (
 )
 from support import REPO
 
-TAIL_FIELDS = {"data", "filename", "args", "path"}
-
-
 def _random_record(kind: int, layout, rng: random.Random) -> bytes:
     fast = FAST[kind]
     fixed = bytearray(rng.randbytes(fast.size))
     fixed[KIND_OFFSET:KIND_OFFSET + 2] = kind.to_bytes(2, "little")
     tails = b""
-    for name in fast.names:
-        if name in TAIL_FIELDS:
-            length_field = {"data": "data_len", "filename": "filename_len", "args": "args_len", "path": "path_len"}[name]
-            n = rng.randrange(0, 300)
-            off = fast.offsets[length_field]
-            fixed[off:off + 4] = n.to_bytes(4, "little")
-            tails += rng.randbytes(n)
+    for _, length_field in fast.tails:
+        n = rng.randrange(0, 300)
+        off = fast.offsets[length_field]
+        fixed[off:off + 4] = n.to_bytes(4, "little")
+        tails += rng.randbytes(n)
     return bytes(fixed) + tails
 
 
@@ -115,10 +110,13 @@ def test_construct_layouts_match_the_compiled_structs(obj):
             else:
                 c_offsets[member] = offset
         for field, offset in _construct_offsets(layout):
-            # exec_event's file name and arguments share one C array, data[].
-            c_field = {"filename": "data", "args": None}.get(field, field) if name == "exec_event" else field
-            if c_field is None:
-                continue
+            # Variable parts share one C array: the first is data[], the others follow it.
+            tails = [t for t, _ in FastLayout(layout).tails]
+            c_field = field
+            if field in tails and "data" in c_offsets:
+                if tails.index(field):
+                    continue
+                c_field = "data"
             assert c_offsets[c_field] == offset, f"{name}.{field}: C {c_offsets[c_field]}, construct {offset}"
             checked += 1
     assert checked >= 10
@@ -168,7 +166,10 @@ def test_exec_argv_split():
     from agentsight.events import EXEC_EVENT
     decoder = RecordDecoder(clock_offset_ns=0)
     args = b"sh\0-c\0echo hi\0"
+    cwd = b"project\0alice\0home\0"  # leaf first, as the kernel walks it
     rec = EXEC_EVENT.build(dict(ts_ns=1, pid=1, tid=1, uid=0, kind=EVENT_EXEC, comm=bytes(16), ppid=1,
-                                filename_len=7, args_len=len(args), args_truncated=0, filename=b"/bin/sh", args=args))
+                                filename_len=7, args_len=len(args), args_truncated=0, cwd_len=len(cwd),
+                                cwd_truncated=0, filename=b"/bin/sh", args=args, cwd=cwd))
     (ev,) = decoder.decode([rec])
     assert ev["argv"] == ["sh", "-c", "echo hi"] and ev["filename"] == "/bin/sh"
+    assert ev["cwd"] == "/home/alice/project"

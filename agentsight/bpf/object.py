@@ -54,7 +54,7 @@ class BpfObject:
     """
 
     def __init__(self, name: str, config: bytes, ring_size: int, disabled: frozenset[str] = frozenset(),
-                 attach_types: dict[str, int] | None = None):
+                 attach_types: dict[str, int] | None = None, shared_maps: dict[str, int] | None = None):
         self.name = name
         self._links: list = []
         self._link_fds: list[int] = []
@@ -68,6 +68,10 @@ class BpfObject:
         self._obj = obj
         try:
             self._configure(config, ring_size, disabled, attach_types or {})
+            for map_name, fd in (shared_maps or {}).items():
+                # This object uses another object's map instead of its own.
+                if libbpf.bpf_map__reuse_fd(self._find_map(lambda n, m=map_name: n == m), fd) != 0:
+                    raise AgentsightError(_explain(f"sharing map {map_name}", ffi.errno))
             if libbpf.bpf_object__load(obj) != 0:
                 raise AgentsightError(_explain(f"loading {name} into the kernel", ffi.errno))
         except BaseException:
@@ -123,6 +127,10 @@ class BpfObject:
         if m == ffi.NULL:
             raise AgentsightError(f"{self.name}: no map {name}")
         return lib().bpf_map__fd(m)
+
+    def update(self, map_name: str, key: bytes, value: bytes) -> None:
+        if lib().bpf_map_update_elem(self.map_fd(map_name), key, value, 0) != 0:
+            raise AgentsightError(f"{self.name}: updating map {map_name} failed: errno {ffi.errno}")
 
     def attach(self, program: str) -> None:
         """Attach by the program's section name (tracepoints, tp_btf)."""

@@ -14,12 +14,16 @@ class Filters:
     pid: int | None = None
     uid: int | None = None
     comm: str | None = None
+    # Only the processes in the shared `traced` map (a process tree being
+    # recorded); comm then names programs whose exec adds them.
+    follow: bool = False
 
     def config(self, max_capture: int = 0, wakeup_bytes: int = 0) -> bytes:
         comm = (self.comm or "").encode()[:15]
         return CONFIG.build(
             dict(
-                tgid=self.pid or 0,
+                tgid=0 if self.follow else self.pid or 0,
+                follow=int(self.follow),
                 uid=self.uid if self.uid is not None else 0,
                 filter_uid=int(self.uid is not None),
                 max_capture=max_capture,

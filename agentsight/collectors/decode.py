@@ -7,6 +7,8 @@ into one event. Nothing here raises on a bad record: it is counted.
 from __future__ import annotations
 
 import base64
+import posixpath
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,9 +18,12 @@ from ..events import (
     EVENT_EXIT,
     EVENT_FORK,
     EVENT_OPEN,
+    EVENT_CONNECT,
+    EVENT_FILE,
     EVENT_SSL,
     EVENT_TLS_NOTICE,
     FAST,
+    FILE_OPS,
     KIND_OFFSET,
     SSL_DIRECTIONS,
     SSL_FUNCTIONS,
@@ -38,6 +43,29 @@ def _payload(ev: dict, data: bytes) -> None:
         ev["data"] = data.decode()
     except UnicodeDecodeError:
         ev["data_b64"] = base64.b64encode(data).decode()
+
+
+FILE_RENAME = 3
+
+
+def _components_to_path(components: bytes, truncated: int) -> str:
+    """Components resolved in the kernel, leaf first -> an absolute path.
+
+    A path whose walk did not reach the root starts with "…/"."""
+    parts = components.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    parts.reverse()
+    path = "/" + "/".join(p.decode("utf-8", "replace") for p in parts)
+    return "…" + path if truncated else path
+
+
+def _join(directory: bytes, path: str) -> str | None:
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    if not directory:
+        return None
+    return posixpath.normpath(posixpath.join(_components_to_path(directory, 0), path))
 
 
 def _decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
@@ -87,6 +115,8 @@ class RecordDecoder:
             EVENT_FORK: self._fork,
             EVENT_OPEN: self._open,
             EVENT_TLS_NOTICE: self._notice,
+            EVENT_FILE: self._file,
+            EVENT_CONNECT: self._connect,
         }
 
     def decode(self, records: list[bytes]) -> list[dict]:
@@ -187,16 +217,17 @@ class RecordDecoder:
 
     def _exec(self, record: bytes, out: list) -> None:
         f = self._EXEC.decode(record)
+        (ppid, _, _, args_truncated, _, cwd_truncated, filename, args, cwd) = f[6:]
         ev = self._header("exec", f[:6])
-        ev["ppid"] = f[6]
-        ev["filename"] = f[10].decode("utf-8", "replace")
-        args = f[11].split(b"\0")
-        if args and args[-1] == b"":
-            args.pop()
-        ev["argv"] = [a.decode("utf-8", "replace") for a in args]
-        ev["argv_truncated"] = bool(f[9])
+        ev["ppid"] = ppid
+        ev["filename"] = filename.decode("utf-8", "replace")
+        argv = args.split(b"\0")
+        if argv and argv[-1] == b"":
+            argv.pop()
+        ev["argv"] = [a.decode("utf-8", "replace") for a in argv]
+        ev["argv_truncated"] = bool(args_truncated)
+        ev["cwd"] = _components_to_path(cwd, cwd_truncated)
         out.append(ev)
-
     _EXIT = FAST[EVENT_EXIT]
 
     def _exit(self, record: bytes, out: list) -> None:
@@ -219,10 +250,41 @@ class RecordDecoder:
 
     def _open(self, record: bytes, out: list) -> None:
         f = self._OPEN.decode(record)
+        (ret, flags, _, _, resolved_truncated, path, resolved) = f[6:]
         ev = self._header("open", f[:6])
-        ev["path"] = f[9].decode("utf-8", "replace")
-        ev["flags"] = f[7]
-        ev["ret"] = f[6]
+        ev["path"] = path.decode("utf-8", "replace")
+        ev["resolved"] = _components_to_path(resolved, resolved_truncated) if resolved else None
+        ev["flags"] = flags
+        ev["ret"] = ret
+        out.append(ev)
+
+    _FILE = FAST[EVENT_FILE]
+
+    def _file(self, record: bytes, out: list) -> None:
+        f = self._FILE.decode(record)
+        (ret, op, flags, _, _, _, _, path, path2, directory, directory2) = f[6:]
+        ev = self._header(FILE_OPS.get(op, "file"), f[:6])
+        ev["path"] = path.decode("utf-8", "replace")
+        ev["resolved"] = _join(directory, ev["path"])
+        if op == FILE_RENAME:
+            ev["new_path"] = path2.decode("utf-8", "replace")
+            ev["new_resolved"] = _join(directory2, ev["new_path"])
+        ev["flags"] = flags
+        ev["ret"] = ret
+        out.append(ev)
+
+    _CONNECT = FAST[EVENT_CONNECT]
+
+    def _connect(self, record: bytes, out: list) -> None:
+        f = self._CONNECT.decode(record)
+        (ret, family, port, addr) = f[6:]
+        ev = self._header("connect", f[:6])
+        if family == socket.AF_INET6:
+            ev["family"], ev["addr"] = "ipv6", socket.inet_ntop(socket.AF_INET6, addr)
+        else:
+            ev["family"], ev["addr"] = "ipv4", socket.inet_ntop(socket.AF_INET, addr[:4])
+        ev["port"] = port
+        ev["ret"] = ret
         out.append(ev)
 
     _NOTICE = FAST[EVENT_TLS_NOTICE]
