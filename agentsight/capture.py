@@ -63,10 +63,14 @@ class Capture:
     def stop(self, *_args) -> None:
         self._stop = True
 
-    def run(self, duration: float | None = None, ready: Callable[[str], None] | None = None) -> Summary:
+    def run(self, duration: float | None = None, ready: Callable[[str], None] | None = None,
+            on_signal: Callable | None = None) -> Summary:
+        """Runs until stop(), a signal (SIGINT, SIGTERM: stop, unless `on_signal`
+        decides), `duration` seconds, or emit returning False."""
         check_can_trace()
         started = time.monotonic()
-        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        handler = on_signal or self.stop
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for collector in self.collectors:
                 collector.start()

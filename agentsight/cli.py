@@ -75,6 +75,33 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
     replay.add_argument("--no-redact", action="store_true", help="keep API keys, tokens and cookies")
 
+    record = sub.add_parser(
+        "record", help="run or attach to an agent and record everything it does in a session file",
+        description="Record an agent and every process it starts: its LLM calls, the commands it runs, the "
+        "files it changes and the connections it opens, into one SQLite file. `record -- CMD` runs CMD as "
+        "the user who invoked sudo and exits with CMD's status.",
+        usage="%(prog)s [-o SESSION.db] (-- CMD [ARGS...] | --pid PID | --comm NAME)")
+    record.add_argument("-o", "--output", metavar="SESSION.db",
+                        help="session file to create (default: agentsight-DATE-TIME.db here)")
+    who = record.add_mutually_exclusive_group()
+    who.add_argument("--pid", type=int, help="attach to this running process and its descendants")
+    who.add_argument("--comm", help="attach to processes with this name, and those started later")
+    record.add_argument("--no-live", action="store_true", help="no status line on the terminal")
+    record.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
+                        help="ring buffer size per BPF object, a power of two (default: 32M)")
+    record.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                        help="the command to run and record")
+
+    report = sub.add_parser("report", help="what happened in a recorded session, for a person",
+                            description="LLM calls with the commands and file changes their tool calls "
+                            "caused, activity no tool call explains, and totals.")
+    report.add_argument("session", metavar="SESSION.db")
+    report.add_argument("--json", action="store_true", help="the same as one JSON document")
+
+    export = sub.add_parser("export", help="every event of a session as JSON lines")
+    export.add_argument("session", metavar="SESSION.db")
+    export.add_argument("-o", "--output", metavar="FILE.jsonl", help="write here instead of stdout")
+
     proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
                           description="Capture process activity, as JSON lines.")
     proc.add_argument("--pid", type=int, help="only this process")
@@ -137,18 +164,21 @@ class _Analysis:
     """Raw events -> the analyzers' output; optionally keeps the raw events too."""
 
     def __init__(self, redact: bool, raw_output: str | None):
-        from .analyzers import Pipeline
+        from .analyzers import Pipeline, mask_raw
         from .sinks.jsonl import JsonlSink
 
         if not redact:
             print("agentsight: warning: --no-redact: API keys, tokens and cookies will appear in the output",
                   file=sys.stderr)
         self.pipeline = Pipeline(redact=redact)
+        # The raw file is masked too, keeping byte counts so it still replays.
+        self.mask = mask_raw if redact else None
         self.raw = JsonlSink(raw_output) if raw_output else None
 
     def __call__(self, events: list[dict]) -> list[dict]:
         if self.raw:
-            self.raw.write_many(events)
+            mask = self.mask
+            self.raw.write_many([{**e, "data": mask(e["data"])} if mask and "data" in e else e for e in events])
         feed = self.pipeline.feed
         out: list[dict] = []
         for event in events:
@@ -289,9 +319,52 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    import time
+
+    from .record import Recording, RecordOptions
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if bool(command) + (args.pid is not None) + (args.comm is not None) != 1:
+        raise AgentsightError("record needs exactly one of: -- CMD [ARGS...], --pid PID, --comm NAME", exit_code=2)
+    output = args.output or time.strftime("agentsight-%Y%m%d-%H%M%S.db")
+    opts = RecordOptions(output=output, command=command or None, pid=args.pid, comm=args.comm,
+                         ring_size=args.ring_size, wakeup_bytes=_wakeup_bytes(args.ring_size),
+                         live=not args.no_live)
+    return Recording(opts).run()
+
+
+def cmd_report(args) -> int:
+    import orjson
+
+    from .sinks.session import open_session
+    from .ui.report import build_report, render_text
+
+    report = build_report(open_session(args.session), args.session)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .sinks.session import open_session
+    from .ui.report import export_events
+
+    db = open_session(args.session)
+    if args.output:
+        with open(args.output, "wb") as out:
+            n = export_events(db, out)
+    else:
+        n = export_events(db, sys.stdout.buffer)
+    print(f"agentsight: exported {n} events", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes, "trace": cmd_trace,
-            "replay": cmd_replay}
-NEEDS_BPF = {"ssl", "process", "trace"}
+            "replay": cmd_replay, "record": cmd_record, "report": cmd_report, "export": cmd_export}
+NEEDS_BPF = {"ssl", "process", "trace", "record"}
 
 
 def main(argv: list[str] | None = None) -> int:

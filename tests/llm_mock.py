@@ -464,7 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
         mock = self.server.mock
         with mock._lock:
             mock.requests.append((self.command, self.path, dict(self.headers.items()), body))
-            s = replace(mock.script)
+            s = replace(mock.next_script())
         if not isinstance(body, dict):
             return self._json(400, {"error": {"message": "invalid JSON body"}})
         model = body.get("model") or "mock-model"
@@ -544,6 +544,8 @@ class LLMMock:
 
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
+        # Answers for the next requests, one each, before `script` applies again.
+        self.queue: list[Script] = []
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self._lock = threading.Lock()
         self._recorder = _Recorder()
@@ -552,6 +554,10 @@ class LLMMock:
         self._thread: threading.Thread | None = None
         self.ca_file = ""
         self.port = 0
+
+    def next_script(self) -> Script:
+        """The answer to the request being handled (called with _lock held)."""
+        return self.queue.pop(0) if self.queue else self.script
 
     @property
     def base_url(self) -> str:

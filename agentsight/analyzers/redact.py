@@ -45,6 +45,23 @@ def redact_str(s: str) -> str:
     return s
 
 
+_HEADER_LINE_RE = re.compile(r"(?m)^([A-Za-z0-9_-]+):[ \t]*([^\r\n]*)")
+
+
+def mask_raw(s: str) -> str:
+    """Secrets in captured plaintext (header values, tokens) overwritten with
+    as many '*': byte counts, Content-Length and chunk framing stay right,
+    so the masked capture still parses and replays."""
+    if ":" in s:
+        s = _HEADER_LINE_RE.sub(
+            lambda m: m.group(0)[: m.start(2) - m.start(0)] + "*" * len(m.group(2))
+            if _is_secret_key(m.group(1)) else m.group(0), s)
+    for h in _HINTS:
+        if h in s:
+            return _TOKEN_RE.sub(lambda m: "*" * len(m.group(0)), s)
+    return s
+
+
 def _is_secret_key(k: str) -> bool:
     return k.lower().replace("-", "").replace("_", "") in _SECRET_KEYS
 

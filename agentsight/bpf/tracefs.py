@@ -8,6 +8,7 @@ import sys
 
 TRACEFS = "/sys/kernel/tracing"
 _libc = ctypes.CDLL(None, use_errno=True)
+_said = False
 
 
 def _mounted() -> bool:
@@ -23,8 +24,10 @@ def tracefs_available():
     if _libc.mount(b"nodev", TRACEFS.encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot mount tracefs at {TRACEFS}: {os.strerror(err)}")
-    print(f"agentsight: mounted tracefs at {TRACEFS} to attach syscall tracepoints; "
-          "unmounting it once they are attached", file=sys.stderr)
+    global _said
+    if not _said:
+        print(f"agentsight: mounting tracefs at {TRACEFS} while attaching syscall tracepoints", file=sys.stderr)
+        _said = True
     try:
         yield
     finally:

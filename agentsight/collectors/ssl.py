@@ -50,7 +50,8 @@ class SslCollector(Collector):
 
     def __init__(self, filters: Filters, ring_size: int, wakeup_bytes: int,
                  max_capture: int = DEFAULT_MAX_CAPTURE, binary: str | None = None,
-                 discovery: Discovery | None = None, report: Callable[[str], None] = _stderr_note):
+                 discovery: Discovery | None = None, report: Callable[[str], None] = _stderr_note,
+                 shared_maps: Callable[[], dict[str, int]] | None = None):
         super().__init__()
         if not 0 < max_capture <= 1 << 28:
             raise AgentsightError(f"--max-capture must be between 1 and {1 << 28} bytes", exit_code=2)
@@ -61,6 +62,9 @@ class SslCollector(Collector):
         self.binary = binary
         self.discovery = discovery or Discovery()
         self.report = report
+        # Maps of another object to use instead of this one's (the traced
+        # process tree), asked for at start when that object exists.
+        self.shared_maps = shared_maps
         self.hooked: list[TlsFile] = []
         self.hooked_later = 0
         self.hook_delays_ms: list[float] = []
@@ -83,7 +87,8 @@ class SslCollector(Collector):
         attach_types = {ENTRY_PROGRAM: BPF_TRACE_UPROBE_MULTI, RETURN_PROGRAM: BPF_TRACE_UPROBE_MULTI} \
             if self.attach_mode == "multi" else {}
         obj = BpfObject("ssl.bpf.o", self.filters.config(self.max_capture, self.wakeup_bytes),
-                        self.ring_size, disabled, attach_types)
+                        self.ring_size, disabled, attach_types,
+                        shared_maps=self.shared_maps() if self.shared_maps else None)
         self.objects.append(obj)
         for f in files:
             self._hook(f)

@@ -1,0 +1,265 @@
+"""`record`: run or attach to an agent and keep everything in a session file."""
+from __future__ import annotations
+
+import os
+import platform
+import pwd
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from .analyzers import Pipeline
+from .analyzers.correlate import correlate
+from .capture import Capture, print_summary
+from .collectors.base import Filters
+from .collectors.process import ProcessCollector
+from .collectors.ssl import SslCollector
+from .errors import AgentsightError
+from .sinks.session import SessionWriter
+from .ui.live import LiveView
+from .ui.report import load_correlation_input
+
+# After Ctrl-C, how long the recorded command gets to finish (it saw the
+# Ctrl-C too) before the recording stops without it.
+INTERRUPT_GRACE_SECONDS = 2.0
+
+
+@dataclass
+class RecordOptions:
+    output: str
+    command: list[str] | None = None
+    pid: int | None = None
+    comm: str | None = None
+    ring_size: int = 32 << 20
+    wakeup_bytes: int = 256 << 10
+    live: bool = True
+
+
+def invoking_user_kwargs() -> dict:
+    """Popen arguments that run a command as the user who ran sudo, in their
+    working directory, with their environment (HOME and the like fixed)."""
+    uid = os.environ.get("SUDO_UID")
+    if os.geteuid() != 0 or not uid:
+        return {}
+    try:
+        user = pwd.getpwuid(int(uid))
+    except (KeyError, ValueError):
+        return {}
+    gid = int(os.environ.get("SUDO_GID", user.pw_gid))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUDO_")}
+    env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return {"user": user.pw_uid, "group": gid, "extra_groups": os.getgrouplist(user.pw_name, gid), "env": env}
+
+
+class HeldChild:
+    """The recorded command, forked and held until released.
+
+    The fork waits on a pipe, so agentsight can put its pid in the traced
+    map first; released, it takes the invoking user's identity and execs
+    the command directly: its own exec is the first thing recorded."""
+
+    def __init__(self, argv: list[str], user: dict):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: only simple system calls until exec
+            try:
+                os.close(write_end)
+                if not os.read(read_end, 1):
+                    os._exit(125)  # agentsight went away before releasing us
+                os.close(read_end)
+                if user:
+                    os.setgroups(user["extra_groups"])
+                    os.setgid(user["group"])
+                    os.setuid(user["user"])
+                os.execvpe(argv[0], argv, user.get("env", os.environ))
+            except BaseException as exc:  # noqa: BLE001 - report and leave, whatever happened
+                os.write(2, f"agentsight: cannot run {argv[0]}: {exc}\n".encode(errors="replace"))
+            finally:
+                os._exit(127)
+        os.close(read_end)
+        self.pid = pid
+        self._release = write_end
+        self.returncode: int | None = None
+
+    def release(self) -> None:
+        os.write(self._release, b"1")
+        os.close(self._release)
+
+    def poll(self) -> int | None:
+        """Like Popen.poll: the exit code, -signal, or None while running."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """The given processes and all their current descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def pids_named(comm: str) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/comm").read().strip() == comm[:15]:
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+class Recording:
+    def __init__(self, opts: RecordOptions):
+        self.opts = opts
+        self.child: HeldChild | None = None
+        self.root_pids: set[int] = set()
+        self.stop_reason = "complete"
+        self._interrupted_at: float | None = None
+        self._capture: Capture | None = None
+        if opts.command:
+            user_kwargs = invoking_user_kwargs()
+            path = (user_kwargs.get("env") or os.environ).get("PATH")
+            if not shutil.which(opts.command[0], path=path):
+                raise AgentsightError(f"{opts.command[0]}: command not found", exit_code=127)
+            self._user_kwargs = user_kwargs
+        what = {"command": opts.command} if opts.command else {"pid": opts.pid, "comm": opts.comm}
+        self.session = SessionWriter(opts.output, {"agentsight": __version__, "host": platform.node(), **what})
+        self.live = LiveView(sys.stderr) if opts.live else None
+
+    def run(self) -> int:
+        opts = self.opts
+        filters = Filters(follow=True, comm=opts.comm)
+        process = ProcessCollector(filters, opts.ring_size, opts.wakeup_bytes)
+        ssl = SslCollector(filters, opts.ring_size, opts.wakeup_bytes,
+                           shared_maps=lambda: {"traced": process.traced_map_fd()})
+        self.pipeline = Pipeline(redact=True)
+        capture = self._capture = Capture([process, ssl], self._emit, idle=self._idle)
+        summary = None
+        try:
+            summary = capture.run(ready=lambda desc: self._start(process, desc), on_signal=self._on_signal)
+            self._emit_derived(self.pipeline.close())
+        finally:
+            if self.live:
+                self.live.close()
+            self._finish(summary)
+        if summary:
+            print_summary(summary)
+        print(f"agentsight: session written to {opts.output}; see it with: agentsight report {opts.output}",
+              file=sys.stderr)
+        return self._exit_status()
+
+    # --- starting and stopping ---
+
+    def _start(self, process: ProcessCollector, description: str) -> None:
+        print(f"ready: {description}", file=sys.stderr, flush=True)
+        if self.opts.command:
+            self.child = HeldChild(self.opts.command, self._user_kwargs)
+            self.root_pids = {self.child.pid}
+            process.trace_pids(self.root_pids)
+            self.child.release()
+        else:
+            roots = {self.opts.pid} if self.opts.pid else pids_named(self.opts.comm)
+            self.root_pids = descendants(roots)
+            process.trace_pids(self.root_pids)
+        if self.live:
+            self.live.start()
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.child is not None and self.child.poll() is None:
+            # The command got the Ctrl-C as well; give it a moment to finish.
+            self._interrupted_at = time.monotonic()
+            self.stop_reason = "stopped: interrupted (SIGINT)"
+            return
+        self.stop_reason = f"stopped: {signal.Signals(signum).name}"
+        self._capture.stop()
+
+    def _idle(self) -> None:
+        self.session.maybe_commit()
+        if self.live:
+            self.live.draw(self.session)
+        if self.child is not None:
+            if self.child.poll() is not None:
+                self._capture.stop()
+            elif self._interrupted_at and time.monotonic() - self._interrupted_at > INTERRUPT_GRACE_SECONDS:
+                self._capture.stop()
+        elif self.opts.pid and not os.path.exists(f"/proc/{self.opts.pid}"):
+            self._capture.stop()
+
+    # --- events ---
+
+    def _emit(self, events: list[dict]) -> None:
+        self.session.write_raw(events)
+        feed = self.pipeline.feed
+        derived = []
+        for e in events:
+            derived += feed(e)
+        self._emit_derived(derived)
+
+    def _emit_derived(self, derived: list[dict]) -> None:
+        derived = [e for e in derived if e.get("type") in ("llm_call", "http")]
+        if derived:
+            self.session.write_derived(derived)
+            if self.live:
+                self.live.saw(derived)
+
+    def _finish(self, summary) -> None:
+        session = self.session
+        try:
+            llm_calls, processes, files = load_correlation_input(session.db)
+            result = correlate(llm_calls, processes, files, self.root_pids)
+            session.replace_links(result.links)
+        except Exception as exc:  # the session must be written whatever happens here
+            print(f"agentsight: linking tool calls to activity failed: {exc}", file=sys.stderr)
+        meta = {"status": self.stop_reason if self.stop_reason != "complete" else "complete",
+                "root_pids": sorted(self.root_pids)}
+        if self.child is not None:
+            code = self.child.poll()
+            meta["command_exit"] = code if code is None or code >= 0 else f"signal {-code}"
+            meta["command_running_at_end"] = code is None
+        if summary is not None:
+            meta.update(lost_records=summary.ring_full_records, lost_bytes=summary.ring_full_bytes,
+                        truncated_bytes=summary.truncated_bytes, bad_records=summary.bad_records)
+        incomplete = self.pipeline.stats.get("llm.incomplete", 0)
+        meta["incomplete_llm_calls"] = incomplete
+        session.close(**meta)
+        _give_to_invoking_user(self.opts.output)
+
+    def _exit_status(self) -> int:
+        if self.child is None:
+            return 0
+        code = self.child.poll()
+        if code is None:
+            return 130 if self._interrupted_at else 1
+        return code if code >= 0 else 128 - code
+
+
+def _give_to_invoking_user(path: str) -> None:
+    """The session belongs to whoever ran sudo, so they can read it without it."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.geteuid() == 0 and uid and gid:
+        for p in (path, path + "-wal", path + "-shm"):
+            try:
+                os.chown(p, int(uid), int(gid))
+            except OSError:
+                pass

@@ -1,0 +1,75 @@
+"""A status line for `record`, on the terminal's last row.
+
+The rows above it become the scrolling region, so the recorded command's
+own output scrolls there undisturbed. Only on a terminal; elsewhere (a pipe,
+a file, TERM=dumb) it stays silent.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import TextIO
+
+REDRAW_SECONDS = 0.5
+
+
+def _tokens(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+class LiveView:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.enabled = stream.isatty() and os.environ.get("TERM", "dumb") != "dumb"
+        self.calls = 0
+        self.last_call = ""
+        self._rows = 0
+        self._drawn_at = 0.0
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            self._rows = os.get_terminal_size(self.stream.fileno()).lines
+        except OSError:
+            self.enabled = False
+            return
+        # Make room, then keep the last row out of the scrolling region.
+        self._write(f"\n\x1b7\x1b[1;{self._rows - 1}r\x1b8\x1b[1A")
+
+    def saw(self, derived: list[dict]) -> None:
+        for e in derived:
+            if e.get("type") != "llm_call":
+                continue
+            self.calls += 1
+            usage = e.get("usage") or {}
+            took = ((e.get("ended_ns") or 0) - (e.get("started_ns") or 0)) / 1e9
+            self.last_call = (f"last: {e.get('model') or '?'} {_tokens(usage.get('input_tokens') or 0)} in/"
+                              f"{_tokens(usage.get('output_tokens') or 0)} out {took:.1f}s")
+
+    def draw(self, session) -> None:
+        if not self.enabled or time.monotonic() - self._drawn_at < REDRAW_SECONDS:
+            return
+        self._drawn_at = time.monotonic()
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except OSError:
+            return
+        c = session.counts
+        text = (f" agentsight ● {self.calls} LLM calls ({self.last_call or 'none yet'}) · {c['commands']} commands"
+                f" · {c['files_written']} files written · {c['connections']} connections ")
+        # Save the cursor, write the last row in reverse video, restore.
+        self._write(f"\x1b7\x1b[{self._rows};1H\x1b[2K\x1b[7m{text[:columns]}\x1b[0m\x1b8")
+
+    def close(self) -> None:
+        if self.enabled and self._rows:
+            # Whole screen scrolls again; clear the status row.
+            self._write(f"\x1b7\x1b[r\x1b[{self._rows};1H\x1b[2K\x1b8")
+            self._rows = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:
+            self.enabled = False

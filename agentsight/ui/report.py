@@ -1,0 +1,196 @@
+"""What a session shows a person (`report`), and every event in it (`export`)."""
+from __future__ import annotations
+
+import datetime
+import shlex
+import sqlite3
+from typing import Any, BinaryIO
+
+import orjson
+
+from ..analyzers.correlate import FileChange, LlmCall, Process, ToolCall, correlate
+from ..sinks.session import read_meta
+
+
+def load_correlation_input(db: sqlite3.Connection) -> tuple[list[LlmCall], list[Process], list[FileChange]]:
+    calls: dict[int, LlmCall] = {}
+    for row in db.execute("SELECT id, pid, started_ns, ended_ns FROM llm_calls ORDER BY started_ns"):
+        calls[row[0]] = LlmCall(row[0], row[1], row[2] or 0, row[3] or row[2] or 0)
+    for row in db.execute("SELECT id, llm_call_id, name, arguments FROM tool_calls ORDER BY id"):
+        if row[1] in calls:
+            calls[row[1]].tool_calls.append(ToolCall(row[0], row[2], orjson.loads(row[3]) if row[3] else None))
+    processes = [Process(r[0], r[1], r[2], orjson.loads(r[3]) if r[3] else None, r[4] or r[5] or 0, r[5])
+                 for r in db.execute("SELECT id, pid, ppid, argv, start_ns, exec_ns FROM processes")]
+    files = [FileChange(*r) for r in db.execute("SELECT id, ts, pid, op, path, new_path FROM file_activity")]
+    return list(calls.values()), processes, files
+
+
+def _clock(ns: int | None) -> str:
+    if not ns:
+        return "?"
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _command(argv: list[str] | None) -> str:
+    return shlex.join(argv) if argv else "(no exec)"
+
+
+def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
+    meta = read_meta(db)
+    db.row_factory = sqlite3.Row
+    processes = {r["id"]: dict(r) for r in db.execute("SELECT * FROM processes")}
+    files = {r["id"]: dict(r) for r in db.execute("SELECT * FROM file_activity")}
+    incomplete = []
+    status = meta.get("status", "recording")
+    root_pids = set(meta.get("root_pids") or [])
+    links = [dict(r) for r in db.execute("SELECT * FROM links")]
+    if status == "recording":
+        incomplete.append("the recording did not finish (agentsight was killed or crashed): "
+                          "up to its last second is missing")
+        # Links are made when a recording finishes: make them now.
+        llm_calls, procs, changes = load_correlation_input(db)
+        roots = {p.pid for p in procs if p.ppid not in {q.pid for q in procs}} if not root_pids else root_pids
+        result = correlate(llm_calls, procs, changes, roots)
+        links = [{**l, "evidence": orjson.dumps(l["evidence"]).decode()} for l in result.links]
+    elif status != "complete":
+        incomplete.append(f"the recording was {status.removeprefix('stopped: ')}")
+    if meta.get("command_running_at_end"):
+        incomplete.append("the command was still running when the recording stopped")
+    if meta.get("lost_records"):
+        incomplete.append(f"{meta['lost_records']} records ({meta.get('lost_bytes', 0)} bytes) were lost "
+                          "in a full ring buffer")
+    if meta.get("incomplete_llm_calls"):
+        incomplete.append(f"{meta['incomplete_llm_calls']} LLM calls are incomplete")
+
+    by_tool: dict[int, list[dict]] = {}
+    linked = {"process": set(), "file": set()}
+    for l in links:
+        by_tool.setdefault(l["tool_call_id"], []).append(l)
+        linked[l["kind"]].add(l["target_id"])
+
+    calls = []
+    tokens: dict[str, dict[str, int]] = {}
+    for row in db.execute("SELECT * FROM llm_calls ORDER BY started_ns"):
+        record = orjson.loads(row["record"])
+        model = row["model"] or "?"
+        t = tokens.setdefault(model, {"input": 0, "output": 0})
+        t["input"] += row["input_tokens"] or 0
+        t["output"] += row["output_tokens"] or 0
+        tool_calls = []
+        for tc in db.execute("SELECT * FROM tool_calls WHERE llm_call_id = ? ORDER BY id", (row["id"],)):
+            activity = []
+            for l in sorted(by_tool.get(tc["id"], []), key=lambda l: (l["kind"] != "process", l["target_id"])):
+                evidence = orjson.loads(l["evidence"])
+                if l["kind"] == "process":
+                    p = processes.get(l["target_id"], {})
+                    activity.append({"kind": "process", "pid": p.get("pid"), "argv": orjson.loads(p["argv"] or "null"),
+                                     "exit_code": p.get("exit_code"), "signal": p.get("signal"),
+                                     "evidence": evidence})
+                else:
+                    f = files.get(l["target_id"], {})
+                    activity.append({"kind": "file", "op": f.get("op"), "path": f.get("path"),
+                                     "new_path": f.get("new_path"), "pid": f.get("pid"), "evidence": evidence})
+            tool_calls.append({"id": tc["call_id"], "name": tc["name"],
+                               "arguments": orjson.loads(tc["arguments"] or "null"), "activity": activity})
+        calls.append({
+            "started_ns": row["started_ns"], "provider": row["provider"], "model": row["model"],
+            "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
+            "latency_ms": round(((row["ended_ns"] or 0) - (row["started_ns"] or 0)) / 1e6, 1),
+            "status": row["status"], "incomplete": bool(row["incomplete"]), "pid": row["pid"],
+            "text": ((record.get("response") or {}).get("text") or "")[:200], "tool_calls": tool_calls,
+        })
+
+    first_call = calls[0]["started_ns"] if calls else None
+    unexplained_processes = [
+        {"pid": p["pid"], "argv": orjson.loads(p["argv"]), "exit_code": p["exit_code"], "signal": p["signal"],
+         "started_ns": p["exec_ns"],
+         "reason": "started before any LLM call" if first_call is None or (p["exec_ns"] or 0) < first_call
+         else "no tool call explains it"}
+        for pid_row_id, p in sorted(processes.items(), key=lambda kv: kv[1]["exec_ns"] or 0)
+        if p["argv"] is not None and pid_row_id not in linked["process"] and p["pid"] not in root_pids
+    ]
+    unexplained_files = [
+        {"op": f["op"], "path": f["path"], "new_path": f["new_path"], "pid": f["pid"]}
+        for fid, f in sorted(files.items(), key=lambda kv: kv[1]["ts"] or 0)
+        if fid not in linked["file"] and f["pid"] not in root_pids
+    ]
+    started, ended = meta.get("started_ns"), meta.get("ended_ns")
+    return {
+        "session": {"path": path, "status": status, "command": meta.get("command"), "pid": meta.get("pid"),
+                    "comm": meta.get("comm"), "command_exit": meta.get("command_exit"),
+                    "started_ns": started, "ended_ns": ended, "incomplete": incomplete},
+        "llm_calls": calls,
+        "unexplained": {"processes": unexplained_processes, "files": unexplained_files},
+        "totals": {
+            "llm_calls": len(calls), "tokens_by_model": tokens,
+            "commands": sum(1 for p in processes.values() if p["argv"] is not None),
+            "files_written": len(files),
+            "connections": db.execute("SELECT COUNT(*) FROM connections").fetchone()[0],
+            "bytes_lost": (meta.get("lost_bytes") or 0) + (meta.get("truncated_bytes") or 0),
+        },
+    }
+
+
+def _evidence(e: dict) -> str:
+    parts = [v for k, v in e.items() if k in ("arguments", "parent_linked", "process")]
+    return "; ".join(parts)
+
+
+def render_text(report: dict[str, Any]) -> str:
+    s = report["session"]
+    what = _command(s["command"]) if s["command"] else f"pid {s['pid']}" if s["pid"] else f"comm {s['comm']}"
+    seconds = ((s["ended_ns"] or s["started_ns"] or 0) - (s["started_ns"] or 0)) / 1e9
+    lines = [f"Session {s['path']}: {s['status']} · {what} · exit {s['command_exit']} · {seconds:.1f} s"]
+    for reason in s["incomplete"]:
+        lines.append(f"  incomplete: {reason}")
+    lines += ["", "LLM calls"]
+    if not report["llm_calls"]:
+        lines.append("  none")
+    for c in report["llm_calls"]:
+        flag = "  (incomplete)" if c["incomplete"] else ""
+        lines.append(f"  {_clock(c['started_ns'])}  {c['provider']} {c['model']}  in {c['input_tokens']}  "
+                     f"out {c['output_tokens']}  {c['latency_ms'] / 1000:.2f} s  status {c['status']}{flag}")
+        for tc in c["tool_calls"]:
+            args = orjson.dumps(tc["arguments"]).decode()
+            lines.append(f"      tool call {tc['name']} {args[:160]}")
+            for a in tc["activity"]:
+                why = _evidence(a["evidence"])
+                if a["kind"] == "process":
+                    end = f"signal {a['signal']}" if a["signal"] else f"exit {a['exit_code']}"
+                    lines.append(f"          ran   {_command(a['argv'])[:120]}  (pid {a['pid']}, {end})  [{why}]")
+                else:
+                    target = f" -> {a['new_path']}" if a["new_path"] else ""
+                    lines.append(f"          {a['op']:<5} {a['path']}{target}  [{why}]")
+            if not tc["activity"]:
+                lines.append("          (no activity linked)")
+    lines += ["", "Unexplained activity"]
+    u = report["unexplained"]
+    if not u["processes"] and not u["files"]:
+        lines.append("  none")
+    for p in u["processes"]:
+        end = f"signal {p['signal']}" if p["signal"] else f"exit {p['exit_code']}"
+        lines.append(f"  {_clock(p['started_ns'])}  ran {_command(p['argv'])[:120]}  (pid {p['pid']}, {end}): "
+                     f"{p['reason']}")
+    for f in u["files"]:
+        lines.append(f"  {f['op']} {f['path']} (pid {f['pid']})")
+    t = report["totals"]
+    models = ", ".join(f"{m} {v['input']} in / {v['output']} out" for m, v in t["tokens_by_model"].items()) or "none"
+    lines += ["", "Totals",
+              f"  LLM calls {t['llm_calls']} · tokens: {models}",
+              f"  commands {t['commands']} · files written {t['files_written']} · connections {t['connections']}"
+              f" · bytes lost {t['bytes_lost']}"]
+    return "\n".join(lines) + "\n"
+
+
+def export_events(db: sqlite3.Connection, out: BinaryIO) -> int:
+    """Raw events and derived records (llm_call, http), in time order."""
+    query = """
+        SELECT ts, event FROM raw_events
+        UNION ALL SELECT ended_ns, record FROM llm_calls
+        UNION ALL SELECT ts, record FROM http_exchanges
+        ORDER BY 1"""
+    n = 0
+    for _, event in db.execute(query):
+        out.write(event.encode() + b"\n")
+        n += 1
+    return n
