@@ -164,7 +164,7 @@ class _Analysis:
     """Raw events -> the analyzers' output; optionally keeps the raw events too."""
 
     def __init__(self, redact: bool, raw_output: str | None):
-        from .analyzers import Pipeline, mask_raw
+        from .analyzers import Pipeline, mask_event
         from .sinks.jsonl import JsonlSink
 
         if not redact:
@@ -172,13 +172,12 @@ class _Analysis:
                   file=sys.stderr)
         self.pipeline = Pipeline(redact=redact)
         # The raw file is masked too, keeping byte counts so it still replays.
-        self.mask = mask_raw if redact else None
+        self.mask = mask_event if redact else None
         self.raw = JsonlSink(raw_output) if raw_output else None
 
     def __call__(self, events: list[dict]) -> list[dict]:
         if self.raw:
-            mask = self.mask
-            self.raw.write_many([{**e, "data": mask(e["data"])} if mask and "data" in e else e for e in events])
+            self.raw.write_many([self.mask(e) for e in events] if self.mask else events)
         feed = self.pipeline.feed
         out: list[dict] = []
         for event in events:

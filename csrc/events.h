@@ -56,13 +56,15 @@ enum ssl_fn {
 	FN_GNUTLS_RECORD_SEND = 5,
 	FN_GNUTLS_RECORD_RECV = 6,
 	FN_GNUTLS_HANDSHAKE = 7,
-	FN_SESSION_FREE = 8, /* SSL_free, gnutls_deinit: never reported */
+	FN_SSL_FREE = 8,       /* the session ends: reported as DIR_CLOSE */
+	FN_GNUTLS_DEINIT = 9,
 };
 
 enum ssl_dir {
 	DIR_SEND = 0,
 	DIR_RECV = 1,
 	DIR_HANDSHAKE = 2,
+	DIR_CLOSE = 3,
 };
 
 struct ssl_event {

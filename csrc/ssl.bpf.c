@@ -79,6 +79,39 @@ static __always_inline int call_enter(__u32 fn, void *ssl, const void *buf, void
 	return 0;
 }
 
+/* A session is freed: its connection ended. Reported for connections that
+ * carried traffic, then forgotten, since the next session allocated may
+ * get the same address. */
+static __always_inline int session_end(__u32 fn, void *session)
+{
+	struct conn_key key = { .ssl = (__u64)session, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	__u32 zero = 0;
+	struct ssl_event *ev;
+
+	if (!c)
+		return 0;
+	ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (ev && task_wanted()) {
+		fill_header(&ev->hdr, EVENT_SSL);
+		ev->conn = c->id;
+		ev->latency_ns = 0;
+		ev->ret = 0;
+		ev->len = 0;
+		ev->offset = 0;
+		ev->data_len = 0;
+		ev->truncated = 0;
+		ev->gap = 0;
+		ev->fn = fn;
+		ev->dir = DIR_CLOSE;
+		ev->last = 1;
+		ev->reserved = 0;
+		submit(ev, offsetof(struct ssl_event, data), 0);
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
 /* One entry program for every hooked function; the attach cookie says
  * which function this is (enum ssl_fn). Every data function takes the
  * session first and the buffer second; the _ex variants report the count
@@ -89,14 +122,9 @@ int BPF_KPROBE(tls_enter, void *session, void *buf, __u64 size, void *count_ptr)
 	__u32 fn = bpf_get_attach_cookie(ctx);
 
 	switch (fn) {
-	case FN_SESSION_FREE: {
-		/* A freed session's address may be handed to the next connection:
-		 * forget it so that connection gets an id of its own. */
-		struct conn_key key = { .ssl = (__u64)session, .tgid = bpf_get_current_pid_tgid() >> 32 };
-
-		bpf_map_delete_elem(&conns, &key);
-		return 0;
-	}
+	case FN_SSL_FREE:
+	case FN_GNUTLS_DEINIT:
+		return session_end(fn, session);
 	case FN_SSL_DO_HANDSHAKE:
 	case FN_GNUTLS_HANDSHAKE:
 		return call_enter(fn, session, NULL, NULL);

@@ -17,6 +17,6 @@ Stages (one ``dict`` event type flows between them)::
 from __future__ import annotations
 
 from .pipeline import Pipeline
-from .redact import REDACTED, mask_raw
+from .redact import REDACTED, mask_event
 
-__all__ = ["Pipeline", "REDACTED", "mask_raw"]
+__all__ = ["Pipeline", "REDACTED", "mask_event"]

@@ -20,6 +20,8 @@ MAX_RESPONSE_BODY = 64 << 20
 # the incomplete reasons that mean the connection failed, not the capture
 _CONN_FAILURES = {"process_exit": "process exited before the response was complete",
                   "connection_closed": "connection closed before the response was complete"}
+# Ends that lose nothing once the stream's own end marker has arrived.
+_ENDS = frozenset(_CONN_FAILURES) | {"end_of_capture"}
 
 
 def split_target(target: str, host: str | None) -> tuple[str, str, str]:
@@ -275,6 +277,8 @@ class LlmAnalyzer:
         m = x.merger
         resp = m.result()
         incomplete = end["incomplete"] or req["incomplete"]
+        if incomplete in _ENDS and m.complete and not req["incomplete"]:
+            incomplete = None
         ev: Event = {
             "type": "llm_call", "ts": ended,
             "provider": x.provider, "api": x.api,

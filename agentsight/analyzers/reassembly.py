@@ -99,6 +99,13 @@ class StreamReassembler:
             if d == "handshake":
                 stats["ssl.handshake"] += 1
                 return []
+            if d == "close":
+                # The TLS session was freed: both streams have ended.
+                stats["ssl.closed"] += 1
+                keys = self._by_pid.get(pid)
+                if keys is not None:
+                    keys.discard((pid, conn))
+                return self._close_keys([(pid, conn)], "connection_closed", ts)
             stats["skipped.malformed_event"] += 1
             return []
         key = (pid, conn)

@@ -62,6 +62,15 @@ def mask_raw(s: str) -> str:
     return s
 
 
+def mask_event(e: dict) -> dict:
+    """A raw event with the secrets in it masked (a copy when anything changed)."""
+    if "data" in e:
+        return {**e, "data": mask_raw(e["data"])}
+    if e.get("type") == "exec" and isinstance(e.get("argv"), list):
+        return {**e, "argv": [mask_raw(a) if isinstance(a, str) else a for a in e["argv"]]}
+    return e
+
+
 def _is_secret_key(k: str) -> bool:
     return k.lower().replace("-", "").replace("_", "") in _SECRET_KEYS
 

@@ -18,7 +18,7 @@ from .base import Collector, Filters
 from .tls.discovery import Discovery, TlsFile
 
 # The cookie the entry program is given for each function (enum ssl_fn).
-FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)} | {"SSL_free": 8, "gnutls_deinit": 8}
+FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)}
 # Functions whose return is not needed: they only end a session.
 NO_RETURN_PROBE = {"SSL_free", "gnutls_deinit"}
 ENTRY_PROGRAM, RETURN_PROGRAM = "tls_enter", "tls_return"

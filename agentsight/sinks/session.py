@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..analyzers import mask_raw
+from ..analyzers import mask_event
 from ..errors import AgentsightError
 
 SCHEMA_VERSION = "1"
@@ -103,9 +103,8 @@ class SessionWriter:
     def write_raw(self, events: list[dict]) -> None:
         rows = []
         for e in events:
-            if "data" in e:
-                # Stored captures keep no secrets; their framing is kept.
-                e = {**e, "data": mask_raw(e["data"])}
+            # Stored captures keep no secrets; TLS framing stays replayable.
+            e = mask_event(e)
             rows.append((e.get("ts"), e.get("pid"), e.get("type"), _json(e)))
             handler = self._process_handlers.get(e.get("type"))
             if handler:

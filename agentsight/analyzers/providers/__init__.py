@@ -63,6 +63,9 @@ class Merger:
         self.model: str | None = None
         self.id: str | None = None
         self.error: dict[str, Any] | None = None
+        # The stream's own end marker arrived ([DONE], message_stop, ...):
+        # clients may close the connection before HTTP's end of the body.
+        self.complete = False
 
     # override these two
     def feed_json(self, body: Any) -> None:

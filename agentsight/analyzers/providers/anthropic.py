@@ -53,6 +53,8 @@ class AnthropicMerger(Merger):
         if not isinstance(ev, dict):
             return False
         t = ev.get("type") or event
+        if t == "message_stop":
+            self.complete = True
         if t == "content_block_delta":
             idx = ev.get("index", 0)
             b = self._blocks.get(idx)

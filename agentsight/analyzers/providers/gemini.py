@@ -35,6 +35,7 @@ class GeminiMerger(Merger):
         c = cands[0] if cands and isinstance(cands[0], dict) else {}
         if c.get("finishReason") is not None:
             self.stop_reason = c["finishReason"]
+            self.complete = True  # Gemini's last chunk is the one with a finish reason
         for part in (c.get("content") or {}).get("parts") or ():
             if not isinstance(part, dict):
                 continue

@@ -79,6 +79,7 @@ class ChatMerger(Merger):
 
     def feed_sse(self, event: str | None, data: str) -> bool:
         if data == "[DONE]":
+            self.complete = True
             return False
         ev = _loads(data)
         if not isinstance(ev, dict):
@@ -178,6 +179,8 @@ class ResponsesMerger(Merger):
         if not isinstance(ev, dict):
             return False
         t = ev.get("type") or event
+        if t in ("response.completed", "response.failed", "response.incomplete"):
+            self.complete = True
         if t == "response.output_text.delta":
             s = ev.get("delta") or ""
             self._item(ev).setdefault("text", []).append(s)
