@@ -50,7 +50,7 @@ def test_request_and_response_bodies_are_captured(client, https_server, capture)
     events, stderr = run.stop()
     pid = result["pid"]
 
-    client_events = [e for e in events if e["pid"] == pid and e["type"] == "ssl" and e["dir"] != "handshake"]
+    client_events = [e for e in events if e["pid"] == pid and e["type"] == "ssl" and e["dir"] in ("send", "recv")]
     assert client_events, f"no ssl events for {client} pid {pid}; stderr: {stderr}"
     sent = stream(events, pid, "send")
     received = stream(events, pid, "recv")
@@ -68,6 +68,10 @@ def test_request_and_response_bodies_are_captured(client, https_server, capture)
     expected_fns = {"python": {"SSL_write_ex", "SSL_read_ex"}, "curl": {"SSL_write", "SSL_read"},
                     "node": {"SSL_write", "SSL_read"}}[client]
     assert {e["fn"] for e in client_events} <= expected_fns
+    # The connection's end is reported once its session is freed.
+    closes = [e for e in events if e["pid"] == pid and e["type"] == "ssl" and e["dir"] == "close"]
+    assert [(e["conn"], e["fn"]) for e in closes] == [(client_events[0]["conn"], "SSL_free")]
+    assert closes[0]["ts"] >= client_events[-1]["ts"]
 
     # The server (this test process, Python's ssl) saw the same request arrive.
     server_received = stream(events, os.getpid(), "recv")
@@ -236,4 +240,4 @@ def test_perf_event_attach_for_kernels_without_uprobe_multi(https_server, captur
     assert stream(events, result["pid"], "send").endswith(b"via-perf-links")
     assert stream(events, result["pid"], "recv").endswith(b"echo:via-perf-links")
     fns = {e["fn"] for e in events if e["pid"] == result["pid"]}
-    assert fns == {"SSL_do_handshake", "SSL_write_ex", "SSL_read_ex"}
+    assert fns == {"SSL_do_handshake", "SSL_write_ex", "SSL_read_ex", "SSL_free"}
