@@ -55,8 +55,7 @@ class Capture:
         self.collectors = collectors
         self.emit = emit
         self.idle = idle
-        notice_handlers = [c.on_notice for c in collectors if hasattr(c, "on_notice")]
-        self.decoder = RecordDecoder(on_notice=notice_handlers[0] if notice_handlers else None)
+        self.decoder = RecordDecoder()
         self.reader = RingReader()
         self._stop = False
 
@@ -69,6 +68,9 @@ class Capture:
         decides), `duration` seconds, or emit returning False."""
         check_can_trace()
         started = time.monotonic()
+        # The TLS notice thread must get the interpreter quickly even while
+        # this one decodes a large batch (default: every 5 ms).
+        sys.setswitchinterval(0.001)
         handler = on_signal or self.stop
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -57,7 +57,7 @@ CONFIG = Struct(
     "uid" / Int32ul,
     "filter_uid" / Int32ul,
     "max_capture" / Int32ul,
-    Padding(4),
+    "self_tgid" / Int32ul,
     "wakeup_bytes" / Int64ul,
     "comm" / Bytes(TASK_COMM_LEN),
 )

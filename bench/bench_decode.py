@@ -24,21 +24,30 @@ from agentsight.events import (  # noqa: E402
 HEADER = dict(ts_ns=123456789, pid=4242, tid=4243, uid=1000, comm=b"python3".ljust(16, b"\0"))
 
 
+def build(layout, fields: dict) -> bytes:
+    """layout.build(fields), with the fields a newer layout added left empty."""
+    from construct import Bytes
+
+    empty = {sc.name: b"" if isinstance(getattr(sc, "subcon", None), Bytes) else 0
+             for sc in layout.subcons if sc.name}
+    return layout.build(empty | fields)
+
+
 def ssl_record(n: int) -> bytes:
     data = (b"data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hello\"}}\n\n" * (n // 60 + 1))[:n]
-    return SSL_EVENT.build(dict(HEADER, kind=EVENT_SSL, conn=7, latency_ns=1000, ret=n, len=n, offset=0,
+    return build(SSL_EVENT, dict(HEADER, kind=EVENT_SSL, conn=7, latency_ns=1000, ret=n, len=n, offset=0,
                                 data_len=n, truncated=0, gap=0, fn=3, dir=1, last=1, data=data))
 
 
 def exec_record() -> bytes:
     args = b"curl\0-sS\0https://127.0.0.1:8443/v1/messages\0"
-    return EXEC_EVENT.build(dict(HEADER, kind=EVENT_EXEC, ppid=1, filename_len=13, args_len=len(args),
+    return build(EXEC_EVENT, dict(HEADER, kind=EVENT_EXEC, ppid=1, filename_len=13, args_len=len(args),
                                  args_truncated=0, filename=b"/usr/bin/curl", args=args))
 
 
 def open_record() -> bytes:
     path = b"/home/user/project/src/main.py"
-    return OPEN_EVENT.build(dict(HEADER, kind=EVENT_OPEN, ret=3, flags=0o2101, path_len=len(path), path=path))
+    return build(OPEN_EVENT, dict(HEADER, kind=EVENT_OPEN, ret=3, flags=0o2101, path_len=len(path), path=path))
 
 
 def rate(fn, items, repeat: int = 3) -> float:

@@ -62,9 +62,15 @@ static __always_inline bool comm_is(const char *comm)
 
 static __always_inline bool task_wanted(void)
 {
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	/* Its own file and library accesses would otherwise feed back on
+	 * themselves (each open of a TLS library noticed and opened again). */
+	if (tgid == cfg.self_tgid)
+		return false;
 	if (cfg.follow)
-		return is_traced(bpf_get_current_pid_tgid() >> 32);
-	if (cfg.tgid && (bpf_get_current_pid_tgid() >> 32) != cfg.tgid)
+		return is_traced(tgid);
+	if (cfg.tgid && tgid != cfg.tgid)
 		return false;
 	if (cfg.filter_uid && (__u32)bpf_get_current_uid_gid() != cfg.uid)
 		return false;

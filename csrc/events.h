@@ -167,7 +167,7 @@ struct config {
 	__u32 uid;          /* only this real uid, when filter_uid is set */
 	__u32 filter_uid;
 	__u32 max_capture;  /* ssl: bytes of one call captured at most */
-	__u32 reserved;
+	__u32 self_tgid;    /* agentsight itself: never reported */
 	__u64 wakeup_bytes; /* wake the consumer once this much data is pending */
 	char comm[TASK_COMM_LEN]; /* only tasks of this name; "": any */
 };

@@ -267,6 +267,13 @@ struct {
 	__type(value, struct tls_notice);
 } notice_scratch SEC(".maps");
 
+/* Notices have a ring of their own, drained by a thread of their own: they
+ * must never wait behind a flood of data records. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} notices SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -280,8 +287,8 @@ static __always_inline void notify(struct tls_notice *n, __u32 what, __u32 path_
 	n->what = what;
 	n->path_len = path_len & (PATH_MAX_LEN - 1);
 	/* Hooking must win the race with the program's first TLS call: wake
-	 * the consumer now rather than when data piles up. */
-	if (bpf_ringbuf_output(&events, n, offsetof(struct tls_notice, path) + n->path_len, BPF_RB_FORCE_WAKEUP))
+	 * the reader now rather than when data piles up. */
+	if (bpf_ringbuf_output(&notices, n, offsetof(struct tls_notice, path) + n->path_len, BPF_RB_FORCE_WAKEUP))
 		stat_add(STAT_RING_FULL, 1);
 }
 

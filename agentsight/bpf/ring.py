@@ -31,8 +31,8 @@ class RingReader:
 
         self._callback = ffi.callback("int(void *, void *, size_t)", on_record, onerror=on_error)
 
-    def add(self, obj: BpfObject) -> None:
-        fd = obj.map_fd("events")
+    def add(self, obj: BpfObject, ring: str = "events") -> None:
+        fd = obj.map_fd(ring)
         libbpf = lib()
         if self._rb == ffi.NULL:
             rb = libbpf.ring_buffer__new(fd, self._callback, ffi.NULL, ffi.NULL)

@@ -1,6 +1,7 @@
 """What a collector is: BPF objects attached with some filters."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..bpf.object import BpfObject
@@ -27,6 +28,7 @@ class Filters:
                 uid=self.uid if self.uid is not None else 0,
                 filter_uid=int(self.uid is not None),
                 max_capture=max_capture,
+                self_tgid=os.getpid(),
                 wakeup_bytes=wakeup_bytes,
                 comm=comm.ljust(16, b"\0"),
             )

@@ -11,7 +11,6 @@ import posixpath
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 
 from ..events import (
     EVENT_EXEC,
@@ -21,7 +20,6 @@ from ..events import (
     EVENT_CONNECT,
     EVENT_FILE,
     EVENT_SSL,
-    EVENT_TLS_NOTICE,
     FAST,
     FILE_OPS,
     KIND_OFFSET,
@@ -96,8 +94,7 @@ class RecordDecoder:
 
     STALE_SECONDS = 2.0
 
-    def __init__(self, clock_offset_ns: int | None = None,
-                 on_notice: Callable[[int, int, int, str], None] | None = None):
+    def __init__(self, clock_offset_ns: int | None = None):
         self.clock_offset_ns = monotonic_to_unix_offset() if clock_offset_ns is None else clock_offset_ns
         self.counts: Counter[str] = Counter()
         self.bad_records = 0
@@ -106,15 +103,12 @@ class RecordDecoder:
         self.gap_bytes = 0
         self._comms: dict[bytes, str] = {}
         self._pending: dict[int, _PendingCall] = {}
-        # Internal records (TLS notices) go here instead of the output.
-        self.on_notice = on_notice
         self._handlers = {
             EVENT_SSL: self._ssl,
             EVENT_EXEC: self._exec,
             EVENT_EXIT: self._exit,
             EVENT_FORK: self._fork,
             EVENT_OPEN: self._open,
-            EVENT_TLS_NOTICE: self._notice,
             EVENT_FILE: self._file,
             EVENT_CONNECT: self._connect,
         }
@@ -286,10 +280,3 @@ class RecordDecoder:
         ev["port"] = port
         ev["ret"] = ret
         out.append(ev)
-
-    _NOTICE = FAST[EVENT_TLS_NOTICE]
-
-    def _notice(self, record: bytes, out: list) -> None:
-        f = self._NOTICE.decode(record)
-        if self.on_notice is not None:
-            self.on_notice(f[0], f[1], f[6], f[8].decode("utf-8", "replace"))

@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 
 from ..bpf.object import BpfObject
+from ..bpf.ring import RingReader
 from ..bpf.tracefs import tracefs_available
 from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
-from ..events import NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
+from ..events import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
-from .tls.discovery import Discovery, TlsFile
+from .tls.discovery import Discovery, NeedsAnalysis, TlsFile
 
 # The cookie the entry program is given for each function (enum ssl_fn).
 FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)}
@@ -68,8 +69,11 @@ class SslCollector(Collector):
         self.hooked: list[TlsFile] = []
         self.hooked_later = 0
         self.hook_delays_ms: list[float] = []
-        self._notices: queue.Queue = queue.Queue()
+        self._notices: queue.Queue = queue.Queue()  # what the analysis worker has to do
         self._worker: threading.Thread | None = None
+        self._notice_reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.bad_notices = 0
         self._attach_lock = threading.Lock()
         self._reported_notes = 0
 
@@ -104,8 +108,13 @@ class SslCollector(Collector):
                     obj.attach(program)
         except OSError as exc:
             self.report(f"{exc.strerror}: libraries loaded after start from new paths are not hooked")
-        self._worker = threading.Thread(target=self._work, name="agentsight-tls-discovery", daemon=True)
+        self._notice_ring = RingReader()
+        self._notice_ring.add(obj, "notices")
+        self._worker = threading.Thread(target=self._work, name="agentsight-tls-analysis", daemon=True)
         self._worker.start()
+        self._notice_reader = threading.Thread(target=self._read_notices, name="agentsight-tls-notices",
+                                               daemon=True)
+        self._notice_reader.start()
 
     def _hook(self, f: TlsFile) -> None:
         obj = self.objects[0]
@@ -130,33 +139,51 @@ class SslCollector(Collector):
                     obj.attach_uprobe(RETURN_PROGRAM, f.path, offset, retprobe=True, pid=pid)
             self.hooked.append(f)
 
-    def on_notice(self, ts_ns: int, pid: int, what: int, path: str) -> None:
-        """Called on the consumer thread: hand over, never block it."""
-        self._notices.put((ts_ns, pid, what, path))
+    def _read_notices(self) -> None:
+        """Its own thread: what is known already is hooked right away, the race
+        with the program's first TLS call being short; files that need
+        analysing go to the worker, so notices never wait for an analysis."""
+        decode = FAST[EVENT_TLS_NOTICE].decode
+        while not self._stopping.is_set():
+            for record in self._notice_ring.poll(100):
+                try:
+                    ts_ns, pid, _, _, _, _, what, _, path = decode(record)
+                    item = (ts_ns, pid, what, path.decode("utf-8", "replace"))
+                except Exception:  # noqa: BLE001 - a bad record is only a missed notice
+                    self.bad_notices += 1
+                    continue
+                try:
+                    self._discover(*item, quick=True)
+                except NeedsAnalysis:
+                    self._notices.put(item)
 
     def _work(self) -> None:
         while True:
             item = self._notices.get()
             if item is None:
                 return
-            ts_ns, pid, what, path = item
-            try:
-                if what == NOTICE_EXEC:
-                    found = self.discovery.on_exec(pid)
-                elif what == NOTICE_OPEN:
-                    found = self.discovery.on_open(pid, path)
-                else:
-                    found = None
-                if found is not None:
-                    self._hook(found)
-                    self.hooked_later += 1
-                    # Both on CLOCK_MONOTONIC: how long the program ran unhooked.
-                    self.hook_delays_ms.append((time.monotonic_ns() - ts_ns) / 1e6)
-            except AgentsightError as exc:
-                self.report(exc.message.splitlines()[0])
-            except Exception as exc:  # discovery must never take the capture down
-                self.report(f"while hooking {path} for pid {pid}: {type(exc).__name__}: {exc}")
+            self._discover(*item, quick=False)
             self._flush_notes()
+
+    def _discover(self, ts_ns: int, pid: int, what: int, path: str, quick: bool) -> None:
+        try:
+            if what == NOTICE_EXEC:
+                found = self.discovery.on_exec(pid, quick)
+            elif what == NOTICE_OPEN:
+                found = self.discovery.on_open(pid, path, quick)
+            else:
+                found = None
+            if found is not None:
+                self._hook(found)
+                self.hooked_later += 1
+                # Both on CLOCK_MONOTONIC: how long the program ran unhooked.
+                self.hook_delays_ms.append((time.monotonic_ns() - ts_ns) / 1e6)
+        except NeedsAnalysis:
+            raise
+        except AgentsightError as exc:
+            self.report(exc.message.splitlines()[0])
+        except Exception as exc:  # discovery must never take the capture down
+            self.report(f"while hooking {path} for pid {pid}: {type(exc).__name__}: {exc}")
 
     def _flush_notes(self) -> None:
         notes = self.discovery.notes
@@ -169,6 +196,11 @@ class SslCollector(Collector):
         return f"ssl: {files}"
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._notice_reader is not None:
+            self._notice_reader.join()
+            self._notice_reader = None
+            self._notice_ring.close()
         if self._worker is not None:
             self._notices.put(None)
             self._worker.join()

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ...errors import AgentsightError
-from .libraries import AnalysisFailed, LibraryAnalyzer, TlsLibrary
+from .libraries import AnalysisFailed, LibraryAnalyzer, NeedsAnalysis, TlsLibrary  # noqa: F401
 
 _TLS_LIBRARY_NAME = re.compile(r"/lib(ssl|gnutls)[^/]*\.so[^/]*$")
 # GnuTLS's OpenSSL compatibility layer: its SSL_* call GnuTLS, which is hooked.
@@ -56,8 +56,12 @@ class Discovery:
         self._not_tls: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
-    def add(self, path: str, shown_path: str | None = None, pid: int | None = None) -> TlsFile | None:
-        """Analyses `path` unless already seen; returns it if it is a new TLS file."""
+    def add(self, path: str, shown_path: str | None = None, pid: int | None = None,
+            quick: bool = False) -> TlsFile | None:
+        """Analyses `path` unless already seen; returns it if it is a new TLS file.
+
+        With `quick`, raises NeedsAnalysis rather than analysing a file not
+        known from before."""
         shown_path = shown_path or path
         if _WRAPPERS.search(shown_path):
             return None
@@ -79,7 +83,7 @@ class Discovery:
                     return None
             held = f"/proc/self/fd/{fd}"
             try:
-                library = self.analyzer.analyze(held)
+                library = self.analyzer.analyze(held, shown_path, quick)
             except AnalysisFailed as exc:
                 self.notes.append(f"{shown_path}: {exc}")
                 library = None
@@ -111,11 +115,13 @@ class Discovery:
         self.files.clear()
 
     def initial(self, pid: int | None = None) -> list[TlsFile]:
-        """Everything findable now: processes (all, or one), the linker cache, runtimes."""
+        """Everything findable now: processes (all, or one), the linker cache,
+        runtimes, and TLS executables seen on earlier runs."""
         found = []
         for p in [pid] if pid else _all_pids():
             found += self.scan_process(p)
-        for path in _linker_cache_tls() + _runtimes():
+        known = [p for p in self.analyzer.known_paths() if os.path.isfile(p)]
+        for path in _linker_cache_tls() + _runtimes() + known:
             f = self.add(path)
             if f:
                 found.append(f)
@@ -135,23 +141,23 @@ class Discovery:
                 found.append(f)
         return found
 
-    def on_exec(self, pid: int) -> TlsFile | None:
+    def on_exec(self, pid: int, quick: bool = False) -> TlsFile | None:
         exe = _readlink(f"/proc/{pid}/exe")
-        return self.add(f"/proc/{pid}/exe", exe, pid) if exe else None
+        return self.add(f"/proc/{pid}/exe", exe, pid, quick) if exe else None
 
-    def on_open(self, pid: int, path: str) -> TlsFile | None:
+    def on_open(self, pid: int, path: str, quick: bool = False) -> TlsFile | None:
         if not path.startswith("/"):
             full = f"/proc/{pid}/cwd/{path}"
         else:
             full = f"/proc/{pid}/root{path}"
-        return self.add(full, path, pid)
+        return self.add(full, path, pid, quick)
 
     def binary(self, path: str) -> TlsFile:
         """--binary: exactly this file, which must hold TLS functions."""
         if not os.path.isfile(path):
             raise AgentsightError(f"--binary {path}: no such file", exit_code=2)
         try:
-            library = self.analyzer.analyze(path)
+            library = self.analyzer.analyze(path, os.path.abspath(path))
         except AnalysisFailed as exc:
             raise AgentsightError(f"--binary {path}: {exc}", exit_code=2) from None
         except OSError as exc:

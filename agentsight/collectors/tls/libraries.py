@@ -40,6 +40,10 @@ class TlsLibrary:
     from_cache: bool = False
 
 
+class NeedsAnalysis(Exception):
+    """A quick look could not answer: the file must be analysed."""
+
+
 class AnalysisFailed(Exception):
     """The file holds TLS code, but its functions could not be located."""
 
@@ -76,24 +80,31 @@ class LibraryAnalyzer:
             except (OSError, orjson.JSONDecodeError) as exc:
                 self.cache_error = f"ignoring unreadable cache {self.cache_dir}: {exc}"
 
-    def analyze(self, path: str) -> TlsLibrary | None:
+    def analyze(self, path: str, shown_path: str | None = None, quick: bool = False) -> TlsLibrary | None:
         """The TLS library in `path`, or None if it holds none.
 
-        Raises AnalysisFailed when it holds TLS code that cannot be located,
-        OSError when it cannot be read."""
+        `shown_path` is remembered for TLS files, to hook them at start on
+        later runs. With `quick`, only what is known already is answered;
+        anything else raises NeedsAnalysis. Raises AnalysisFailed when the
+        file holds TLS code that cannot be located, OSError when it cannot be
+        read."""
         st = os.stat(path)
         file_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        # Not locked while analysing: a quick answer for a known file must not
+        # wait behind a slow analysis of another; analysing twice is harmless.
         with self._lock:
             entry = self._by_file.get(file_key)
-            if entry is None:
-                entry = self._analyze(path)
+        if entry is None:
+            entry = self._analyze(path, shown_path, quick)
+            with self._lock:
                 self._by_file[file_key] = entry
         if entry.error:
             raise AnalysisFailed(entry.error)
         return entry.library
 
-    def _analyze(self, path: str) -> _Entry:
+    def _analyze(self, path: str, shown_path: str | None, quick: bool) -> _Entry:
         started = time.monotonic()
+        bid = None
         try:
             with open(path, "rb") as f:
                 try:
@@ -103,20 +114,32 @@ class LibraryAnalyzer:
                 bid = build_id(elf)
                 cached = self._cached(bid)
                 if cached is not None:
+                    self._seen_at(bid, cached, shown_path)
                     return cached
+                if quick:
+                    raise NeedsAnalysis(path)
                 functions = symbol_offsets(elf, OPENSSL_FUNCTIONS + GNUTLS_FUNCTIONS)
                 library = _from_symbols(_is_shared_library(elf), functions, bid)
                 if library is None:
                     library = self._stripped_boringssl(f, path, bid)
         except AnalysisFailed as exc:
             entry = _Entry(None, str(exc))
-            self._remember(bid, entry)
+            self._remember(bid, entry, shown_path)
             return entry
         if library is not None:
             library.analysis_seconds = time.monotonic() - started
         entry = _Entry(library)
-        self._remember(bid, entry)
+        # A binary without a build id is known by its content hash instead.
+        self._remember(library.build_id if library else bid, entry, shown_path)
         return entry
+
+    def known_paths(self) -> list[str]:
+        """Where TLS executables analysed on earlier runs were seen."""
+        paths = []
+        for record in self._by_build.values():
+            if record.get("library"):
+                paths += record.get("paths", [])
+        return paths
 
     def _stripped_boringssl(self, f, path: str, bid: str | None) -> TlsLibrary | None:
         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
@@ -149,15 +172,30 @@ class LibraryAnalyzer:
         lib = record.get("library")
         return _Entry(TlsLibrary(**{**lib, "from_cache": True}) if lib else None)
 
-    def _remember(self, bid: str | None, entry: _Entry) -> None:
+    def _remember(self, bid: str | None, entry: _Entry, shown_path: str | None) -> None:
         if bid is None or self.cache_dir is None:
             return
         lib = asdict(entry.library) if entry.library else None
         if lib:
             lib.pop("from_cache")
-        self._by_build[f"{_ANALYSIS_VERSION}:{bid}"] = {"library": lib, "error": entry.error}
-        # Only analyses worth keeping across runs are written: the costly ones.
-        if entry.error or (entry.library and entry.library.kind == BORINGSSL):
+        self._by_build[f"{_ANALYSIS_VERSION}:{bid}"] = {"library": lib, "error": entry.error, "paths": []}
+        self._seen_at(bid, entry, shown_path, save=True)
+
+    def _seen_at(self, bid: str | None, entry: _Entry, shown_path: str | None, save: bool = False) -> None:
+        """Remembers where a TLS executable lives, so later runs hook it from
+        the start: a program launched then is covered from its first call."""
+        record = self._by_build.get(f"{_ANALYSIS_VERSION}:{bid}")
+        if record is None or self.cache_dir is None:
+            return
+        lib = entry.library
+        worth_keeping = entry.error or (lib and lib.kind != OPENSSL)  # shared libssl is found anyway
+        paths = record.setdefault("paths", [])
+        if lib and lib.kind != OPENSSL and shown_path and shown_path.startswith("/") \
+                and not shown_path.startswith("/proc/") and shown_path not in paths:
+            paths.append(shown_path)
+            del paths[:-8]
+            save = True
+        if save and worth_keeping:
             self._save()
 
     def _save(self) -> None:

@@ -1,0 +1,100 @@
+"""Part 2: the worst case, tiny keep-alive HTTPS round trips on 127.0.0.1.
+
+A Python HTTPS server (tests/support.py's, Nagle off) in one process; a
+Python client (http.client) and a node client in two others; both ends are
+probed. Each client makes N timed round trips on one connection with
+nothing attached, with `agentsight trace` (and `agentsight ssl`, to separate
+capture from analysis), and with the peer: bpftrace with a uprobe and a
+uretprobe on the same functions of libssl.so.3 and node, printing the first
+64 bytes of each call's buffer when it returns.
+
+Reported: the slowdown ratio (median time with / median time without).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS, Agentsight, Bpftrace, NoTracer,
+                    Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
+
+PEER_SCRIPT_FUNCTIONS = {LIBSSL: LIBSSL_FUNCTIONS, NODE: NODE_FUNCTIONS}
+
+
+def run(cfg: dict) -> dict:
+    quick = cfg["quick"]
+    rounds = 3 if quick else 7
+    n = 400 if quick else 2000
+    with scratch_dir("https") as tmp:
+        tmp = Path(tmp)
+        server = Worker([PY, str(WORKERS / "https_server.py"), str(tmp)], "https_server")
+        port = str(server.info["port"])
+        clients = {"python client": Worker([PY, str(WORKERS / "https_client.py"), port], "https_client.py"),
+                   "node client": Worker([NODE, str(WORKERS / "https_client.js"), port], "https_client.js")}
+        sessions = {
+            "off": lambda: NoTracer(),
+            "agentsight trace": lambda: Agentsight(["trace"], tmp / "trace.jsonl"),
+            "agentsight ssl": lambda: Agentsight(["ssl"], tmp / "ssl.jsonl"),
+            "bpftrace (peer)": lambda: Bpftrace(bpftrace_script(PEER_SCRIPT_FUNCTIONS), tmp),
+        }
+        times = {s: {c: [] for c in clients} for s in sessions}
+        stats = {s: [] for s in sessions}
+        try:
+            for c in clients.values():                      # warm up
+                c.call(f"run {n // 4}")
+            deadline = time.monotonic() + cfg["budget_s"]
+            for r in range(rounds):
+                if r and time.monotonic() > deadline:
+                    log("https: time budget reached, fewer rounds")
+                    break
+                quiet_round("https", 5 if cfg["quick"] else 20)
+                for s in rotated(list(sessions), r):
+                    tracer = sessions[s]()
+                    try:
+                        for name in rotated(list(clients), r):
+                            res = clients[name].call(f"run {n}")
+                            if "error" in res:
+                                raise RuntimeError(f"{name}: {res['error']}")
+                            times[s][name].append(res["ns"] / n)
+                    finally:
+                        stats[s].append(tracer.stop())
+                note_foreign("https")
+                log(f"https: round {r + 1}/{rounds} done")
+        finally:
+            for c in clients.values():
+                c.close()
+            server.close()
+
+    out = {"round_trips": n, "rounds": len(times["off"]["python client"]), "clients": {}, "tracers": {}}
+    for name in clients:
+        base = median(times["off"][name])
+        out["clients"][name] = {"off_us_per_round_trip": round(base / 1000, 1)}
+        for s in sessions:
+            if s == "off":
+                continue
+            med = median(times[s][name])
+            out["clients"][name][s] = {"us_per_round_trip": round(med / 1000, 1), "ratio": round(med / base, 3),
+                                       "samples_us": [round(x / 1000, 1) for x in times[s][name]]}
+    for s in sessions:
+        if s == "off":
+            continue
+        st = stats[s]
+        out["tracers"][s] = {
+            "events_per_session": median([x.get("events") or x.get("lines") for x in st]),
+            "lost_records": sum(x.get("lost_records") or 0 for x in st),
+            "vm_hwm_kb_max": max((x.get("vm_hwm_kb") or 0) for x in st),
+            "ready_s": median([x.get("ready_s") for x in st]),
+            "stop_s": median([x.get("stop_s") for x in st]),
+        }
+    return out
+
+
+def rows(res: dict) -> list[tuple]:
+    out = []
+    for name, row in res["clients"].items():
+        for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)"):
+            if s in row:
+                target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
+                out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,
+                            f"{row[s]['ratio']:.2f}x ({row[s]['us_per_round_trip']} µs)", target))
+    return out
