@@ -36,7 +36,8 @@ NOTICE_EXEC, NOTICE_OPEN = 1, 2
 KIND_OFFSET = 20  # offset of event_header.kind
 
 SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake",
-                 "gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "SSL_free", "gnutls_deinit")
+                 "gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "SSL_free", "gnutls_deinit",
+                 "ssl_write_internal", "ssl_read_internal")
 SSL_DIRECTIONS = ("send", "recv", "handshake", "close")
 
 STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_unmatched", "read_faults")

@@ -58,6 +58,11 @@ enum ssl_fn {
 	FN_GNUTLS_HANDSHAKE = 7,
 	FN_SSL_FREE = 8,       /* the session ends: reported as DIR_CLOSE */
 	FN_GNUTLS_DEINIT = 9,
+	/* OpenSSL's internal functions behind SSL_write/SSL_read and their _ex
+	 * variants, with the _ex arguments: cheaper to hook (see
+	 * agentsight/collectors/tls/openssl.py). */
+	FN_SSL_WRITE_INTERNAL = 10,
+	FN_SSL_READ_INTERNAL = 11,
 };
 
 enum ssl_dir {

@@ -130,6 +130,8 @@ int BPF_KPROBE(tls_enter, void *session, void *buf, __u64 size, void *count_ptr)
 		return call_enter(fn, session, NULL, NULL);
 	case FN_SSL_WRITE_EX:
 	case FN_SSL_READ_EX:
+	case FN_SSL_WRITE_INTERNAL:
+	case FN_SSL_READ_INTERNAL:
 		return call_enter(fn, session, buf, count_ptr);
 	default:
 		return call_enter(fn, session, buf, NULL);
@@ -196,9 +198,10 @@ int BPF_KRETPROBE(tls_return)
 	if (c.fn == FN_SSL_DO_HANDSHAKE || c.fn == FN_GNUTLS_HANDSHAKE) {
 		dir = DIR_HANDSHAKE;
 	} else {
-		dir = (c.fn == FN_SSL_WRITE || c.fn == FN_SSL_WRITE_EX || c.fn == FN_GNUTLS_RECORD_SEND)
-			? DIR_SEND : DIR_RECV;
-		if (c.fn == FN_SSL_WRITE_EX || c.fn == FN_SSL_READ_EX) {
+		dir = (c.fn == FN_SSL_WRITE || c.fn == FN_SSL_WRITE_EX || c.fn == FN_SSL_WRITE_INTERNAL ||
+		       c.fn == FN_GNUTLS_RECORD_SEND) ? DIR_SEND : DIR_RECV;
+		if (c.fn == FN_SSL_WRITE_EX || c.fn == FN_SSL_READ_EX ||
+		    c.fn == FN_SSL_WRITE_INTERNAL || c.fn == FN_SSL_READ_INTERNAL) {
 			if (ret == 1 && c.count_ptr)
 				bpf_probe_read_user(&len, sizeof(len), (void *)c.count_ptr);
 		} else if (ret > 0) {

@@ -28,17 +28,13 @@ ConnKey = tuple[int, int]  # (pid, conn)
 
 PROCESS_TYPES = frozenset(("exec", "exit", "fork", "open"))
 
-try:  # orjson is much faster; fall back to the stdlib
-    import orjson as _orjson
-
-    def json_loads(data: bytes | str) -> Any:
-        return _orjson.loads(data)
-
+try:  # orjson is much faster; fall back to the stdlib.  Both raise ValueError.
+    import orjson as _json
 except ImportError:  # pragma: no cover - orjson is a dependency
-    import json as _json
+    import json as _json  # type: ignore[no-redef]
 
-    def json_loads(data: bytes | str) -> Any:
-        return _json.loads(data)
+# no wrapper function: this is called once per SSE event
+json_loads = _json.loads
 
 
 class Stats(Counter):  # type: ignore[type-arg]

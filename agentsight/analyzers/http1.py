@@ -24,6 +24,14 @@ being parsed, so Content-Length and chunk framing stay aligned and the next
 exchange on the connection still parses; the exchange is marked incomplete.
 A protocol error breaks one direction until a later read starts a new
 message there ("resync"); it never affects other connections.
+
+h11 parses message heads and drives keep-alive cycles, but bodies with
+Content-Length or chunked framing are framed here (``_start_body``,
+``_req_body``, chunked.py): h11's per-read event machinery was most of the
+cost of streamed responses.  At the end of such a body a fresh h11 parser
+takes the rest of the stream, which is what h11's ``start_next_cycle`` would
+do; every case where h11 would do something else (Connection: close, HTTP/1.0,
+protocol switches, chunked trailers, malformed framing) keeps h11's outcome.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ from typing import Any
 import h11
 
 from .base import ConnKey, Event, Stats
+from .chunked import BAD, DONE, MORE, ChunkedDecoder
 from .reassembly import REQUEST, classify_prefix
 
 MAX_HEADER_BYTES = 1 << 20
@@ -87,10 +96,58 @@ _DUMMY_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0
 _EOM = h11.EndOfMessage()
 
 
+def _body_length(method: bytes, resp: h11.Response) -> int | None:
+    """How a response body is framed, as h11 decides it: -1 chunked, n > 0
+    Content-Length; None: no body, or close-delimited (h11 frames those)."""
+    status = resp.status_code
+    if (status == 204 or status == 304 or method == b"HEAD"
+            or (method == b"CONNECT" and 200 <= status < 300)):
+        return None
+    length = None
+    for k, v in resp.headers:
+        if k == b"transfer-encoding":  # h11 accepts nothing but "chunked"
+            return -1
+        if k == b"content-length":  # h11 checked the value (digits, one value)
+            length = int(v)
+    return length if length else None
+
+
+def _request_body_length(req: h11.Request) -> int | None:
+    """The Content-Length of a request body that can be framed without h11:
+    one on a keep-alive connection that cannot switch protocols afterwards
+    (then h11 just starts the next cycle at the end of the body)."""
+    if req.method == b"CONNECT" or req.http_version != b"1.1":
+        return None
+    length = None
+    for k, v in req.headers:
+        if k == b"content-length":
+            length = int(v)
+        elif (k == b"transfer-encoding" or k == b"upgrade"
+              or (k == b"connection" and _closes(((k, v),)))):
+            return None
+    return length if length else None
+
+
+def _closes(headers: Any) -> bool:
+    """A ``Connection: close`` among the headers (h11's keep-alive test)."""
+    for k, v in headers:
+        if k == b"connection" and b"close" in [t.strip() for t in v.lower().split(b",")]:
+            return True
+    return False
+
+
+def _request_line(x: _Exchange) -> h11.Request:
+    """What the response parser is told the response answers."""
+    hdrs = [(b"host", b"h"), (b"content-length", b"0")]
+    hdrs.extend(x.upgrade)
+    return h11.Request(method=x.method, target=x.target or b"/", headers=hdrs)
+
+
 class _H1Conn:
     __slots__ = ("key", "pid", "conn", "side", "stats", "req", "resp", "req_broken",
                  "resp_broken", "cur_req", "req_start", "req_tid", "req_comm",
-                 "queue", "cur_resp", "req_lost", "resp_lost", "dead", "last_ts")
+                 "queue", "cur_resp", "req_lost", "resp_lost", "dead", "last_ts",
+                 "chunked", "body_left", "keep", "head", "req_left")
 
     def __init__(self, ev: Event, stats: Stats) -> None:
         self.key: ConnKey = ev["key"]
@@ -112,6 +169,13 @@ class _H1Conn:
         self.resp_lost: str | None = None
         self.dead = False
         self.last_ts = ev["ts"]
+        # Once h11 has parsed a response head, the body is framed here (see
+        # _start_body): a chunked decoder, or the Content-Length bytes left.
+        self.chunked: ChunkedDecoder | None = None
+        self.body_left = 0
+        self.keep = True  # the connection stays open after this response
+        self.head: h11.Response | None = None  # the response whose body is framed here
+        self.req_left = 0  # Content-Length bytes of cur_req's body still to come
 
     # -- request direction ------------------------------------------------
     def on_req(self, ev: Event, out: list[Event]) -> None:
@@ -125,6 +189,7 @@ class _H1Conn:
                 self.req = _new_req_parser()
                 self.req_broken = False
                 self.req_lost = None
+                self.req_left = 0
             else:
                 self.stats["skipped.bytes"] += len(data)
                 return
@@ -135,15 +200,20 @@ class _H1Conn:
         if ev["gap"]:
             self._req_lost("gap")
             if self.cur_req is not None:
-                self.req.receive_data(_filler(ev["gap"]))
-        if data:
-            self.req.receive_data(data)
-        self._pump_req(ts, out)
+                data = _filler(ev["gap"]) + data
+        self._req_data(data, ts, out)
         if ev["trunc"] and not self.req_broken:
             self._req_lost("truncated")
             if self.cur_req is not None:
-                self.req.receive_data(_filler(ev["trunc"]))
-                self._pump_req(ts, out)
+                self._req_data(_filler(ev["trunc"]), ts, out)
+
+    def _req_data(self, data: bytes, ts: int, out: list[Event]) -> None:
+        if self.req_left:
+            if not self._req_body(data, ts, out):
+                return
+        elif data:
+            self.req.receive_data(data)
+        self._pump_req(ts, out)
 
     def _req_lost(self, reason: str) -> None:
         if self.cur_req is not None:
@@ -192,6 +262,12 @@ class _H1Conn:
                         x.incomplete = self.req_lost
                         self.req_lost = None
                     self.cur_req = x
+                    length = _request_body_length(e)
+                    if length is not None:
+                        self.req_left = length
+                        if not self._req_body(req.trailing_data[0], ts, out):
+                            return
+                        req = self.req  # the next request's parser
                 elif t is h11.EndOfMessage:
                     self._finish_req(ts, out)
                 elif t is h11.ConnectionClosed:
@@ -203,6 +279,36 @@ class _H1Conn:
             if self.cur_req is not None:
                 self.cur_req.incomplete = self.cur_req.incomplete or "malformed_http"
                 self._finish_req(ts, out)
+
+    def _req_body(self, data: bytes, ts: int, out: list[Event]) -> bool:
+        """Content-Length body bytes of ``cur_req``, framed without h11 (like
+        response bodies, see _start_body); True when the request ended and
+        ``self.req`` is to parse what follows."""
+        x = self.cur_req
+        assert x is not None
+        left = self.req_left
+        if len(data) < left:
+            self.req_left = left - len(data)
+            rest = None
+        else:
+            self.req_left = 0
+            data, rest = data[:left], data[left:]
+        if data:
+            x.body_size += len(data)
+            if not x.capped:
+                if x.body_size > MAX_REQUEST_BODY:
+                    x.capped = True
+                    x.body = []
+                else:
+                    x.body.append(data)
+        if rest is None:
+            return False
+        self._finish_req(ts, out)
+        # h11 would answer with a dummy response and start the next cycle
+        self.req = _new_req_parser()
+        if rest:
+            self.req.receive_data(rest)
+        return True
 
     def _finish_req(self, ts: int, out: list[Event]) -> None:
         x = self.cur_req
@@ -235,21 +341,28 @@ class _H1Conn:
                 self.resp = _new_resp_parser()
                 self.resp_broken = False
                 self.resp_lost = None
+                self.chunked = None
+                self.body_left = 0
             else:
                 self.stats["skipped.bytes"] += len(data)
                 return
         if ev["gap"]:
             self._resp_lost("gap")
             if self.cur_resp is not None:
-                self.resp.receive_data(_filler(ev["gap"]))
-        if data:
-            self.resp.receive_data(data)
-        self._pump_resp(ts, out)
+                data = _filler(ev["gap"]) + data
+        self._resp_data(data, ts, out)
         if ev["trunc"] and not self.resp_broken:
             self._resp_lost("truncated")
             if self.cur_resp is not None:
-                self.resp.receive_data(_filler(ev["trunc"]))
-                self._pump_resp(ts, out)
+                self._resp_data(_filler(ev["trunc"]), ts, out)
+
+    def _resp_data(self, data: bytes, ts: int, out: list[Event]) -> None:
+        if self.chunked is not None or self.body_left:
+            if not self._body_data(data, ts, out):
+                return
+        elif data:
+            self.resp.receive_data(data)
+        self._pump_resp(ts, out)
 
     def _resp_lost(self, reason: str) -> None:
         x = self.cur_resp
@@ -261,7 +374,7 @@ class _H1Conn:
             self.resp_lost = self.resp_lost or reason
 
     def _pump_resp(self, ts: int, out: list[Event], eof: str | None = None) -> None:
-        if self.resp_broken or self.dead:
+        if self.resp_broken or self.dead or self.chunked is not None or self.body_left:
             return
         resp = self.resp
         try:
@@ -274,10 +387,7 @@ class _H1Conn:
                     if self.resp_lost:
                         x.incomplete = x.incomplete or self.resp_lost
                         self.resp_lost = None
-                    hdrs = [(b"host", b"h"), (b"content-length", b"0")]
-                    hdrs.extend(x.upgrade)
-                    resp.send(h11.Request(method=x.method, target=x.target or b"/",
-                                          headers=hdrs))
+                    resp.send(_request_line(x))
                     resp.send(_EOM)
                 e: Any = resp.next_event()
                 if e is h11.NEED_DATA:
@@ -294,6 +404,11 @@ class _H1Conn:
                                 "ts": ts, "status": e.status_code,
                                 "headers": list(e.headers),
                                 "http_version": e.http_version.decode("latin-1")})
+                    rest = self._start_body(x, e, resp) if eof is None else None
+                    if rest is not None:
+                        if not self._body_data(rest, ts, out):
+                            return
+                        resp = self.resp  # the next message's parser
                 elif t is h11.EndOfMessage:
                     self._end(x, ts, out, x.incomplete)
                     if resp.our_state is h11.DONE and resp.their_state is h11.DONE:
@@ -329,6 +444,86 @@ class _H1Conn:
             if x is not None:
                 self._end(x, ts, out, x.incomplete or eof or "malformed_http")
 
+    # -- response bodies, framed without h11 ---------------------------------
+    # h11 turns every read into several events and state-machine steps; a
+    # streamed response is hundreds of small reads.  So once h11 has parsed a
+    # response head with a chunked or Content-Length body, the body is framed
+    # here, and at its end a fresh h11 parser takes the rest of the stream
+    # (what h11's start_next_cycle would have done).
+
+    def _start_body(self, x: _Exchange, e: h11.Response, resp: h11.Connection) -> bytes | None:
+        """Take over the body of ``e``: the bytes h11 holds past the head, or None
+        when h11 keeps framing this body."""
+        n = _body_length(x.method, e)
+        if n is None:
+            return None
+        rest, closed = resp.trailing_data
+        if closed:
+            return None
+        if n < 0:
+            self.chunked = ChunkedDecoder(MAX_HEADER_BYTES)
+        else:
+            self.body_left = n
+        self.keep = e.http_version >= b"1.1" and not _closes(e.headers) and not _closes(x.upgrade)
+        self.head = e
+        return rest
+
+    def _body_data(self, data: bytes, ts: int, out: list[Event]) -> bool:
+        """Body bytes of ``cur_resp``; True when its body ended and ``self.resp``
+        is to parse what follows."""
+        x = self.cur_resp
+        assert x is not None
+        dec = self.chunked
+        if dec is None:
+            left = self.body_left
+            if len(data) < left:
+                self.body_left = left - len(data)
+                body, status, rest = data, MORE, b""
+            else:
+                self.body_left = 0
+                body, status, rest = data[:left], DONE, data[left:]
+        else:
+            body, status, rest = dec.feed(data)
+        if body:
+            x.resp_size += len(body)
+            out.append({"type": "http_body", "xid": x.xid, "key": self.key,
+                        "ts": ts, "data": body})
+        if status is MORE:
+            return False
+        self.chunked = None
+        if status is BAD:  # as when h11 raises a protocol error
+            self.stats["skipped.malformed_http"] += 1
+            self.resp_broken = True
+            self._end(x, ts, out, x.incomplete or "malformed_http")
+            return False
+        if status is not DONE:  # trailer fields: h11 parses them, from the last chunk on
+            self.resp = self._resume_chunked(x)
+            self.resp.receive_data(rest)
+            return True
+        self._end(x, ts, out, x.incomplete)
+        if not self.keep:
+            self._resp_closed(ts, out)
+            return False
+        self.resp = _new_resp_parser()
+        if rest:
+            self.resp.receive_data(rest)
+        return True
+
+    def _resume_chunked(self, x: _Exchange) -> h11.Connection:
+        """An h11 parser in the state h11 would be in at a chunk boundary of
+        the body of ``self.head``: fed the same request and an equivalent head."""
+        e = self.head
+        assert e is not None
+        p = _new_resp_parser()
+        p.send(_request_line(x))
+        p.send(_EOM)
+        head = [b"HTTP/%s %d \r\ntransfer-encoding: chunked\r\n" % (e.http_version, e.status_code)]
+        head += [b"connection: %s\r\n" % v for k, v in e.headers if k == b"connection"]
+        p.receive_data(b"".join(head) + b"\r\n")
+        if type(p.next_event()) is not h11.Response:  # pragma: no cover - a bug
+            raise RuntimeError("could not resume a chunked body")
+        return p
+
     def _end(self, x: _Exchange, ts: int, out: list[Event], incomplete: str | None) -> None:
         self.cur_resp = None
         self.stats["http.exchanges"] += 1
@@ -351,6 +546,11 @@ class _H1Conn:
             x = self.cur_req
             x.incomplete = x.incomplete or reason
             self._finish_req(ts, out)
+        if self.chunked is not None or self.body_left:
+            # the body was cut short: h11 would raise a protocol error at EOF
+            self.chunked = None
+            self.body_left = 0
+            self.resp_broken = True
         if not self.dead and not self.resp_broken:
             if self.cur_resp is not None or self.queue:
                 try:

@@ -227,7 +227,9 @@ class LlmAnalyzer:
             if not data:
                 return
         if x.sse is not None:
-            self._sse(x, x.sse.feed(data), ev["ts"])
+            events = x.sse.feed(data)
+            if events:
+                self._sse(x, events, ev["ts"])
         else:
             if x.first_token_ns is None and x.stream:
                 x.first_token_ns = ev["ts"]  # a streamed JSON array

@@ -31,34 +31,39 @@ class SSEParser:
                 cr = b"\r"
                 buf = buf[:-1]
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        nl = buf.rfind(b"\n")
-        self._buf = buf[nl + 1:] + cr
-        buf = buf[: nl + 1]
-        if not buf:
-            return []
-        out: list[tuple[str | None, str]] = []
         lines = buf.split(b"\n")
-        lines.pop()  # buf ends with "\n": the last piece is empty
+        # the last piece is an incomplete line (empty when buf ends with "\n")
+        self._buf = lines.pop() + cr if cr else lines.pop()
+        out: list[tuple[str | None, str]] = []
+        if not lines:
+            return out
+        # A hot loop (one call per read of a streamed response): the state
+        # lives in locals and events are dispatched inline.
+        event = self._event
+        datas = self._data
         for line in lines:
             if not line:
-                self._dispatch(out)
-                continue
-            if line[:5] == b"data:":
+                if datas is not None:
+                    v = datas[0] if len(datas) == 1 else b"\n".join(datas)
+                    out.append((event, v.decode("utf-8", "replace")))
+                event = None
+                datas = None
+            elif line[:5] == b"data:":
                 v = line[6:] if line[5:6] == b" " else line[5:]
-                if self._data is None:
-                    self._data = [v]
+                if datas is None:
+                    datas = [v]
                 else:
-                    self._data.append(v)
+                    datas.append(v)
             elif line[:6] == b"event:":
                 v = line[7:] if line[6:7] == b" " else line[6:]
-                self._event = v.decode("utf-8", "replace")
-            elif line[:1] == b":":
-                continue
+                event = v.decode("utf-8", "replace")
             elif line == b"data":
-                if self._data is None:
-                    self._data = [b""]
+                if datas is None:
+                    datas = [b""]
                 else:
-                    self._data.append(b"")
+                    datas.append(b"")
+        self._event = event
+        self._data = datas
         return out
 
     def _dispatch(self, out: list[tuple[str | None, str]]) -> None:

@@ -81,7 +81,10 @@ class ChatMerger(Merger):
         if data == "[DONE]":
             self.complete = True
             return False
-        ev = _loads(data)
+        try:
+            ev = json_loads(data)
+        except ValueError:
+            return False
         if not isinstance(ev, dict):
             return False
         if "error" in ev and "choices" not in ev:

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 from elftools.common.exceptions import ELFError
 
-from . import boringssl
+from . import boringssl, openssl
 from .elf import build_id, open_elf, symbol_offsets
 
 OPENSSL = "openssl"                # libssl.so, any version
@@ -28,7 +28,7 @@ GNUTLS = "gnutls"
 
 OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake", "SSL_free")
 GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
-_ANALYSIS_VERSION = "1"
+_ANALYSIS_VERSION = "2"
 
 
 @dataclass
@@ -120,6 +120,8 @@ class LibraryAnalyzer:
                     raise NeedsAnalysis(path)
                 functions = symbol_offsets(elf, OPENSSL_FUNCTIONS + GNUTLS_FUNCTIONS)
                 library = _from_symbols(_is_shared_library(elf), functions, bid)
+                if library is not None and library.kind in (OPENSSL, OPENSSL_STATIC):
+                    library.functions = openssl.reroute(f, library.functions)
                 if library is None:
                     library = self._stripped_boringssl(f, path, bid)
         except AnalysisFailed as exc:
