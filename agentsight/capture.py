@@ -77,7 +77,8 @@ class Capture:
             for collector in self.collectors:
                 collector.start()
                 for obj in collector.objects:
-                    self.reader.add(obj)
+                    if "events" not in obj.borrowed:  # a shared ring is read once
+                        self.reader.add(obj)
             if ready:
                 ready("; ".join(c.describe() for c in self.collectors))
             deadline = started + duration if duration else None

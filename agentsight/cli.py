@@ -271,10 +271,11 @@ def cmd_trace(args) -> int:
 
     filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
     wakeup = _wakeup_bytes(args.ring_size)
-    collectors = [
-        SslCollector(filters, args.ring_size, wakeup, args.max_capture),
-        ProcessCollector(filters, args.ring_size, wakeup, opens=not args.no_open),
-    ]
+    process = ProcessCollector(filters, args.ring_size, wakeup, opens=not args.no_open)
+    # One ring for both: each ring's pages are mapped twice into this process.
+    ssl = SslCollector(filters, args.ring_size, wakeup, args.max_capture,
+                       shared_maps=lambda: {"events": process.objects[0].map_fd("events")})
+    collectors = [process, ssl]
     return _run_capture(collectors, args.output, args.duration, _Analysis(not args.no_redact, args.raw))
 
 

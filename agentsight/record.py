@@ -152,7 +152,8 @@ class Recording:
         filters = Filters(follow=True, comm=opts.comm)
         process = ProcessCollector(filters, opts.ring_size, opts.wakeup_bytes)
         ssl = SslCollector(filters, opts.ring_size, opts.wakeup_bytes,
-                           shared_maps=lambda: {"traced": process.traced_map_fd()})
+                           shared_maps=lambda: {"traced": process.traced_map_fd(),
+                                                "events": process.objects[0].map_fd("events")})
         self.pipeline = Pipeline(redact=True)
         capture = self._capture = Capture([process, ssl], self._emit, idle=self._idle)
         summary = None

@@ -16,6 +16,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bpf: loads real BPF programs (needs root and a BTF kernel)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_analysis_cache(tmp_path_factory):
+    """agentsight remembers TLS executables across runs; the tests' throw-away
+    copies must not land in this machine's own cache."""
+    import os
+
+    os.environ.setdefault("AGENTSIGHT_CACHE_DIR", str(tmp_path_factory.mktemp("analysis-cache")))
+
+
 @pytest.fixture
 def https_server(tmp_path):
     server = HttpsServer(tmp_path)

@@ -519,3 +519,11 @@ def test_idle_connection_state_is_bounded(monkeypatch):
     assert len(of_type(out, "http")) == 101
     assert len(p._stages[1]._conns) <= 16 and len(p._stages[0]._conns) <= 32
     assert p.stats["http.evicted_idle"] > 0
+
+
+def test_every_process_event_type_passes_through():
+    p = Pipeline()
+    for t in ("exec", "exit", "fork", "open", "unlink", "rmdir", "rename", "connect"):
+        ev = {"type": t, "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0}
+        assert p.feed(dict(ev)) == [ev], t
+    assert not p.stats.get("skipped.unknown_type")

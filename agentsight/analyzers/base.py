@@ -26,7 +26,8 @@ from typing import Any, Protocol
 Event = dict[str, Any]
 ConnKey = tuple[int, int]  # (pid, conn)
 
-PROCESS_TYPES = frozenset(("exec", "exit", "fork", "open"))
+# Events that pass through the analyzers unchanged (docs/events.md).
+PROCESS_TYPES = frozenset(("exec", "exit", "fork", "open", "unlink", "rmdir", "rename", "connect"))
 
 try:  # orjson is much faster; fall back to the stdlib.  Both raise ValueError.
     import orjson as _json

@@ -58,6 +58,8 @@ class BpfObject:
         self.name = name
         self._links: list = []
         self._link_fds: list[int] = []
+        # Maps this object uses from another object, which owns and reads them.
+        self.borrowed = frozenset(shared_maps or ())
         _raise_memlock()
         libbpf = lib()
         path = object_path(name)

@@ -6,8 +6,13 @@ from .libbpf import ffi, lib
 from .object import BpfObject
 
 
+# Records taken per drain at most: a backlog is worked off in bounded
+# batches rather than copied whole into memory first.
+MAX_BATCH = 8192
+
+
 class RingReader:
-    """Collects raw records from the `events` ring buffer of each object.
+    """Collects raw records from the ring buffers of one or more objects.
 
     The C callback only copies the record out; decoding happens in batches
     after the poll returns, so a bad record can never make libbpf drop the
@@ -17,13 +22,17 @@ class RingReader:
     def __init__(self) -> None:
         self._rb = ffi.NULL
         self._batch: list[bytes] = []
+        self._full = False
         self.callback_errors = 0
-        append = self._batch.append
+        batch = self._batch
+        append = batch.append
         buffer = ffi.buffer
 
         def on_record(_ctx, data, size):
             append(buffer(data, size)[:])
-            return 0
+            # Copied already: libbpf has moved past this record, so stopping
+            # the drain here loses nothing.
+            return -1 if len(batch) >= MAX_BATCH else 0
 
         def on_error(_exc, _value, _tb):
             self.callback_errors += 1
@@ -49,13 +58,22 @@ class RingReader:
         wait picks up whatever arrived without a wake-up.
         """
         libbpf = lib()
-        libbpf.ring_buffer__poll(self._rb, timeout_ms)
-        libbpf.ring_buffer__consume(self._rb)
+        if not self._full:  # after a cut-short drain, more is waiting already
+            libbpf.ring_buffer__poll(self._rb, timeout_ms)
+        if len(self._batch) < MAX_BATCH:
+            libbpf.ring_buffer__consume(self._rb)
+        self._full = len(self._batch) >= MAX_BATCH
         return self.take()
 
     def drain(self) -> list[bytes]:
-        lib().ring_buffer__consume(self._rb)
-        return self.take()
+        """Everything left, however many batches that takes."""
+        records = []
+        while True:
+            lib().ring_buffer__consume(self._rb)
+            full = len(self._batch) >= MAX_BATCH
+            records += self.take()
+            if not full:
+                return records
 
     def take(self) -> list[bytes]:
         batch = self._batch[:]
