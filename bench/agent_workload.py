@@ -20,9 +20,9 @@ from pathlib import Path
 from common import (PY, WORKERS, Agentsight, Worker, log, median, note_foreign, parse_summary, quiet_round,
                     rotated, scratch_dir)
 
-# The capture under test. `agentsight record -- CMD` does not exist yet: once
-# it does, set this to "record" and the client runs under it (see capture_run).
-CAPTURE = "trace"
+# The capture under test: the client runs under `agentsight record -- CMD`
+# (set "trace" to measure a system-wide trace instead).
+CAPTURE = "record"
 
 CHUNKS = 250          # SSE deltas per call
 PIECE = 4             # characters per delta
@@ -40,7 +40,7 @@ def plain_run(argv: list[str], result: Path, tmp: Path) -> tuple[dict, dict]:
 
 def capture_run(argv: list[str], result: Path, tmp: Path) -> tuple[dict, dict]:
     """The client run once under agentsight: (client's result, agentsight's summary)."""
-    out = tmp / "capture.jsonl"
+    out = tmp / ("session.db" if CAPTURE == "record" else "capture.jsonl")
     if CAPTURE == "record":
         proc = subprocess.run([PY, "-m", "agentsight", "record", "-o", str(out), "--", *argv], check=True,
                               timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
