@@ -135,7 +135,7 @@ class SslCollector(Collector):
                 pid = self.filters.pid or -1
                 for fn, offset in functions:
                     obj.attach_uprobe(ENTRY_PROGRAM, f.path, offset, pid=pid, cookie=FUNCTION_COOKIES[fn])
-                for fn, offset in returning:
+                for _, offset in returning:
                     obj.attach_uprobe(RETURN_PROGRAM, f.path, offset, retprobe=True, pid=pid)
             self.hooked.append(f)
 
