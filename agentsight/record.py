@@ -198,7 +198,7 @@ class Recording:
     def _idle(self) -> None:
         self.session.maybe_commit()
         if self.live:
-            self.live.draw(self.session)
+            self.live.draw(self.session, self._lost_records)
         if self.child is not None:
             if self.child.poll() is not None:
                 self._capture.stop()
@@ -206,6 +206,10 @@ class Recording:
                 self._capture.stop()
         elif self.opts.pid and not os.path.exists(f"/proc/{self.opts.pid}"):
             self._capture.stop()
+
+    def _lost_records(self) -> int:
+        return sum(c.kernel_stats()["ring_full_records"] for c in self._capture.collectors) \
+            + self._capture.decoder.bad_records
 
     # --- events ---
 

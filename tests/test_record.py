@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -229,3 +230,59 @@ def test_killed_recorder_leaves_a_session_that_says_so(tmp_path):
     assert report["session"]["status"] == "recording"
     assert report["session"]["incomplete"][0].startswith("the recording did not finish")
     assert report["totals"]["commands"] >= 2
+
+
+def test_ctrl_c_stops_the_recording_cleanly(tmp_path):
+    """SIGINT: the command (here, not on a terminal, it does not get it) has two
+    seconds to finish; then the recording stops and the session is written."""
+    session = tmp_path / "s.db"
+    proc = subprocess.Popen([sys.executable, "-m", "agentsight", "record", "--no-live", "-o", str(session), "--",
+                             "sh", "-c", "ls / > /dev/null; sleep 30"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stderr:
+        if line.startswith("ready"):
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    _kill_recorded(session)
+    proc.stderr.read()
+    assert proc.returncode == 130
+    report = json.loads(subprocess.run([sys.executable, "-m", "agentsight", "report", str(session), "--json"],
+                                       capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    assert report["session"]["status"] == "stopped: interrupted (SIGINT)"
+    assert report["totals"]["commands"] >= 2
+
+
+def test_live_view_on_a_terminal_leaves_the_command_output_alone(tmp_path):
+    """On a terminal the last row shows the status; the command's own lines
+    come through unchanged."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    session = tmp_path / "s.db"
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "agentsight", "record", "-o", str(session), "--",
+                             "sh", "-c", "for i in 1 2 3; do echo line-$i; ls / > /dev/null; sleep 0.4; done"],
+                            stdin=sub, stdout=sub, stderr=sub, cwd=REPO, env=dict(os.environ, TERM="xterm"))
+    os.close(sub)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed: everyone is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert proc.wait(timeout=30) == 0
+    text = output.decode(errors="replace")
+    for i in (1, 2, 3):
+        assert f"line-{i}\r\n" in text  # whole lines, untouched by the status row
+    # All the counts fit in 80 columns.
+    assert "agentsight ● 0 LLM calls · " in text and " commands · " in text and " 0 lost " in text
+    assert "\x1b[1;" in text and "\x1b[r" in text  # scroll region set, then restored

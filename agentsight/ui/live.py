@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 REDRAW_SECONDS = 0.5
@@ -32,6 +33,8 @@ class LiveView:
         try:
             self._rows = os.get_terminal_size(self.stream.fileno()).lines
         except OSError:
+            self._rows = 0
+        if self._rows < 3:  # no size known (a bare pty), or no room for a status row
             self.enabled = False
             return
         # Make room, then keep the last row out of the scrolling region.
@@ -47,7 +50,8 @@ class LiveView:
             self.last_call = (f"last: {e.get('model') or '?'} {_tokens(usage.get('input_tokens') or 0)} in/"
                               f"{_tokens(usage.get('output_tokens') or 0)} out {took:.1f}s")
 
-    def draw(self, session) -> None:
+    def draw(self, session, lost: Callable[[], int]) -> None:
+        """`lost`: records lost so far, asked for only when the line is redrawn."""
         if not self.enabled or time.monotonic() - self._drawn_at < REDRAW_SECONDS:
             return
         self._drawn_at = time.monotonic()
@@ -56,8 +60,9 @@ class LiveView:
         except OSError:
             return
         c = session.counts
-        text = (f" agentsight ● {self.calls} LLM calls ({self.last_call or 'none yet'}) · {c['commands']} commands"
-                f" · {c['files_written']} files written · {c['connections']} connections ")
+        # Counts first: on a narrow terminal the tail is what gets cut.
+        text = (f" agentsight ● {self.calls} LLM calls · {c['commands']} commands · {c['files_written']} files"
+                f" written · {lost()} lost · {self.last_call or 'no call yet'} ")
         # Save the cursor, write the last row in reverse video, restore.
         self._write(f"\x1b7\x1b[{self._rows};1H\x1b[2K\x1b[7m{text[:columns]}\x1b[0m\x1b8")
 
