@@ -22,7 +22,6 @@ class Summary:
     ring_full_records: int = 0
     ring_full_bytes: int = 0
     truncated_bytes: int = 0
-    gap_bytes: int = 0
     bad_records: int = 0
     bad_reasons: dict[str, int] = field(default_factory=dict)
     read_faults: int = 0
@@ -118,7 +117,6 @@ class Capture:
         d = self.decoder
         summary.counts = dict(d.counts)
         summary.truncated_bytes = d.truncated_bytes
-        summary.gap_bytes = d.gap_bytes
         summary.bad_records = d.bad_records + self.reader.callback_errors
         summary.bad_reasons = dict(d.bad_reasons)
         return summary

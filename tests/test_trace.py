@@ -101,7 +101,7 @@ def test_trace_reports_each_call_and_replay_agrees(capture, tmp_path):
         assert c["started_ns"] <= c["ended_ns"]
         if c["stream"]:
             assert c["started_ns"] <= c["first_token_ns"] <= c["ended_ns"]
-    assert {c["comm"] for c in calls} == {"python3", "curl"} or {c["comm"] for c in calls} >= {"curl"}
+    assert {c["pid"] for c in calls[:5]} == {client.pid} and (calls[5]["pid"], calls[5]["comm"]) == (curl.pid, "curl")
 
     replayed = subprocess.run([sys.executable, "-m", "agentsight", "replay", str(raw)],
                               capture_output=True, cwd=REPO, timeout=120, check=True)

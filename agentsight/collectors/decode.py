@@ -43,9 +43,6 @@ def _payload(ev: dict, data: bytes) -> None:
         ev["data_b64"] = base64.b64encode(data).decode()
 
 
-FILE_RENAME = 3
-
-
 def _components_to_path(components: bytes, truncated: int) -> str:
     """Components resolved in the kernel, leaf first -> an absolute path.
 
@@ -100,7 +97,6 @@ class RecordDecoder:
         self.bad_records = 0
         self.bad_reasons: Counter[str] = Counter()
         self.truncated_bytes = 0
-        self.gap_bytes = 0
         self._comms: dict[bytes, str] = {}
         self._pending: dict[int, _PendingCall] = {}
         self._handlers = {
@@ -191,7 +187,6 @@ class RecordDecoder:
         ev["gap"] = gap
         ev["latency_ns"] = latency
         ev["ret"] = ret
-        self.gap_bytes += gap
         if last:
             self.truncated_bytes += truncated
             _payload(ev, data)
@@ -260,7 +255,7 @@ class RecordDecoder:
         ev = self._header(FILE_OPS.get(op, "file"), f[:6])
         ev["path"] = path.decode("utf-8", "replace")
         ev["resolved"] = _join(directory, ev["path"])
-        if op == FILE_RENAME:
+        if FILE_OPS.get(op) == "rename":
             ev["new_path"] = path2.decode("utf-8", "replace")
             ev["new_resolved"] = _join(directory2, ev["new_path"])
         ev["flags"] = flags

@@ -16,7 +16,8 @@ from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
 from ..events import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
-from .tls.discovery import Discovery, NeedsAnalysis, TlsFile
+from .tls.discovery import Discovery, TlsFile
+from .tls.libraries import NeedsAnalysis
 
 # The cookie the entry program is given for each function (enum ssl_fn).
 FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)}

@@ -93,6 +93,7 @@ class SessionWriter:
         self.set_meta(schema=SCHEMA_VERSION, status="recording", started_ns=time.time_ns(), **meta)
         self._last_commit = time.monotonic()
         self._current_process: dict[int, int] = {}  # pid -> processes.id of what it runs now
+        self._not_execed: set[int] = set()  # rows of forks that have not exec'd yet
         self.counts = {"llm_calls": 0, "commands": 0, "files_written": 0, "connections": 0}
         self.tokens = {"input": 0, "output": 0}
 
@@ -142,7 +143,8 @@ class SessionWriter:
         row = self._current_process.get(e["pid"])
         values = (e.get("comm"), e.get("filename"), _json(e.get("argv", [])), int(e.get("argv_truncated", False)),
                   e.get("cwd"), e.get("uid"), e.get("ts"))
-        if row is not None and self.db.execute("SELECT exec_ns FROM processes WHERE id = ?", (row,)).fetchone()[0] is None:
+        if row in self._not_execed:
+            self._not_execed.discard(row)
             # A forked child now runs its own program.
             self.db.execute("UPDATE processes SET comm=?, filename=?, argv=?, argv_truncated=?, cwd=?, uid=?, "
                             "exec_ns=? WHERE id=?", values + (row,))
@@ -158,9 +160,11 @@ class SessionWriter:
         cur = self.db.execute("INSERT INTO processes (pid, ppid, comm, uid, start_ns) VALUES (?, ?, ?, ?, ?)",
                               (e["child_pid"], e["pid"], e.get("comm"), e.get("uid"), e.get("ts")))
         self._current_process[e["child_pid"]] = cur.lastrowid
+        self._not_execed.add(cur.lastrowid)
 
     def _exit(self, e: dict) -> None:
         row = self._current_process.pop(e["pid"], None)
+        self._not_execed.discard(row)
         if row is None:
             cur = self.db.execute("INSERT INTO processes (pid, ppid, comm, uid) VALUES (?, ?, ?, ?)",
                                   (e["pid"], e.get("ppid"), e.get("comm"), e.get("uid")))

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ...errors import AgentsightError
-from .libraries import AnalysisFailed, LibraryAnalyzer, NeedsAnalysis, TlsLibrary  # noqa: F401
+from .libraries import AnalysisFailed, LibraryAnalyzer, TlsLibrary
 
 _TLS_LIBRARY_NAME = re.compile(r"/lib(ssl|gnutls)[^/]*\.so[^/]*$")
 # GnuTLS's OpenSSL compatibility layer: its SSL_* call GnuTLS, which is hooked.
