@@ -171,11 +171,11 @@ class SslCollector(Collector):
             if what == NOTICE_EXEC:
                 found = self.discovery.on_exec(pid, quick)
             elif what == NOTICE_OPEN:
-                found = self.discovery.on_open(pid, path, quick)
+                found = [f for f in (self.discovery.on_open(pid, path, quick),) if f is not None]
             else:
-                found = None
-            if found is not None:
-                self._hook(found)
+                found = []
+            for f in found:
+                self._hook(f)
                 self.hooked_later += 1
                 # Both on CLOCK_MONOTONIC: how long the program ran unhooked.
                 self.hook_delays_ms.append((time.monotonic_ns() - ts_ns) / 1e6)

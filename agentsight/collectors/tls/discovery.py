@@ -55,6 +55,9 @@ class Discovery:
         self.notes: list[str] = []
         self._not_tls: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
+        self._own_mount_ns = _mount_ns("self")
+        # Where TLS libraries live here; looked up in other mount namespaces too.
+        self._library_paths: list[str] = []
 
     def add(self, path: str, shown_path: str | None = None, pid: int | None = None,
             quick: bool = False) -> TlsFile | None:
@@ -121,7 +124,8 @@ class Discovery:
         for p in [pid] if pid else _all_pids():
             found += self.scan_process(p)
         known = [p for p in self.analyzer.known_paths() if os.path.isfile(p)]
-        for path in _linker_cache_tls() + _runtimes() + known:
+        self._library_paths = _linker_cache_tls()
+        for path in self._library_paths + _runtimes() + known:
             f = self.add(path)
             if f:
                 found.append(f)
@@ -141,9 +145,20 @@ class Discovery:
                 found.append(f)
         return found
 
-    def on_exec(self, pid: int, quick: bool = False) -> TlsFile | None:
+    def on_exec(self, pid: int, quick: bool = False) -> list[TlsFile]:
+        """The program just started, and, when it lives in another mount
+        namespace (a container), the TLS libraries its view has at the usual
+        places: hooked now, before it loads them. Hooking a file in use costs
+        a kernel grace period (10-20 ms here), longer than a program may take
+        from loading libssl to its first TLS call."""
+        found = []
         exe = _readlink(f"/proc/{pid}/exe")
-        return self.add(f"/proc/{pid}/exe", exe, pid, quick) if exe else None
+        if exe:
+            found.append(self.add(f"/proc/{pid}/exe", exe, pid, quick))
+        if _mount_ns(pid) not in (None, self._own_mount_ns):
+            for path in self._library_paths:
+                found.append(self.add(f"/proc/{pid}/root{path}", path, pid, quick))
+        return [f for f in found if f is not None]
 
     def on_open(self, pid: int, path: str, quick: bool = False) -> TlsFile | None:
         if not path.startswith("/"):
@@ -186,6 +201,13 @@ def _linked_tls_libraries(path: str) -> list[str]:
     except (OSError, ELFError):
         return []
     return [n for n in needed if re.match(r"lib(ssl|gnutls)\.so", n)]
+
+
+def _mount_ns(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 def _all_pids() -> list[int]:
