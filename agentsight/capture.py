@@ -25,6 +25,7 @@ class Summary:
     bad_records: int = 0
     bad_reasons: dict[str, int] = field(default_factory=dict)
     read_faults: int = 0
+    calls_missed: int = 0
 
     def lines(self) -> list[str]:
         total = sum(self.counts.values())
@@ -37,6 +38,9 @@ class Summary:
         ]
         if self.read_faults:
             out.append(f"agentsight: {self.read_faults} reads of user memory failed (paged out); those bytes are missing")
+        if self.calls_missed:
+            out.append(f"agentsight: {self.calls_missed} TLS calls were missed: the kernel had no memory "
+                       "to note their start")
         for reason, n in sorted(self.bad_reasons.items()):
             out.append(f"agentsight:   bad record: {reason}: {n}")
         return out
@@ -114,6 +118,7 @@ class Capture:
             summary.ring_full_records += stats["ring_full_records"]
             summary.ring_full_bytes += stats["ring_full_bytes"]
             summary.read_faults += stats["read_faults"]
+            summary.calls_missed += stats["calls_missed"]
         d = self.decoder
         summary.counts = dict(d.counts)
         summary.truncated_bytes = d.truncated_bytes

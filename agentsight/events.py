@@ -40,7 +40,7 @@ SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do
                  "ssl_write_internal", "ssl_read_internal")
 SSL_DIRECTIONS = ("send", "recv", "handshake", "close")
 
-STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_unmatched", "read_faults")
+STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_missed", "read_faults")
 
 _HEADER = (
     "ts_ns" / Int64ul,

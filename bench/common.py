@@ -251,8 +251,7 @@ class Agentsight:
     def __init__(self, args: list[str], output: Path | str = os.devnull, timeout: float = 60.0):
         self.args = args
         self.t0 = time.monotonic()
-        self.proc = spawn([PY, "-m", "agentsight", *args, "-o", str(output)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = spawn(self.argv(args, output), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.stderr: list[str] = []
         self._ready = threading.Event()
         self.ready_s: float | None = None
@@ -260,6 +259,10 @@ class Agentsight:
         if not self._ready.wait(timeout) or self.ready_s is None:
             end(self.proc, signal.SIGKILL)
             raise RuntimeError(f"agentsight {' '.join(args)} never became ready: {''.join(self.stderr)[-2000:]}")
+
+    @staticmethod
+    def argv(args: list[str], output: Path | str) -> list[str]:
+        return [PY, "-m", "agentsight", *args, "-o", str(output)]
 
     @property
     def pid(self) -> int:
@@ -286,6 +289,26 @@ class Agentsight:
             log(f"agentsight {' '.join(self.args)} exited {rc}: {text[-1500:]}")
         return {"rc": rc, "ready_s": self.ready_s, "stop_s": stop_s, "vm_hwm_kb": hwm, "ring_rss_kb": ring,
                 **parse_summary(text)}
+
+
+class FloorProbes(Agentsight):
+    """bench/workers/floor_probes.py MODE: probes at agentsight's attach
+    points with nothing (`empty`) or no consumer (`unread`) behind them."""
+
+    def __init__(self, mode: str, obj: str | None = None, timeout: float = 60.0):
+        super().__init__([mode] + ([obj] if obj else []), timeout=timeout)
+
+    @staticmethod
+    def argv(args: list[str], output: Path | str) -> list[str]:
+        return [PY, str(WORKERS / "floor_probes.py"), *args]
+
+    def stop(self) -> dict:
+        hwm = vm_hwm_kb(self.proc.pid)
+        t = time.monotonic()
+        rc = end(self.proc, signal.SIGINT, timeout=60)
+        if rc != 0:
+            log(f"floor_probes {' '.join(self.args)} exited {rc}: {''.join(self.stderr)[-1500:]}")
+        return {"rc": rc, "ready_s": self.ready_s, "stop_s": time.monotonic() - t, "vm_hwm_kb": hwm}
 
 
 def parse_summary(text: str) -> dict:

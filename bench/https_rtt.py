@@ -8,6 +8,11 @@ capture from analysis), and with the peer: bpftrace with a uprobe and a
 uretprobe on the same functions of libssl.so.3 and node, printing the first
 64 bytes of each call's buffer when it returns.
 
+Two floors, from bench/workers/floor_probes.py, split what trace adds:
+empty probes at agentsight's attach points (the traps alone, the least any
+uprobe capture can cost) and agentsight's BPF programs with nobody reading
+their ring (the kernel side, without the consumer competing for the CPUs).
+
 Reported: the slowdown ratio (median time with / median time without).
 """
 from __future__ import annotations
@@ -15,8 +20,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS, Agentsight, Bpftrace, NoTracer,
-                    Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
+from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS, Agentsight, Bpftrace, FloorProbes,
+                    NoTracer, Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
 
 PEER_SCRIPT_FUNCTIONS = {LIBSSL: LIBSSL_FUNCTIONS, NODE: NODE_FUNCTIONS}
 
@@ -36,6 +41,8 @@ def run(cfg: dict) -> dict:
             "agentsight trace": lambda: Agentsight(["trace"], tmp / "trace.jsonl"),
             "agentsight ssl": lambda: Agentsight(["ssl"], tmp / "ssl.jsonl"),
             "bpftrace (peer)": lambda: Bpftrace(bpftrace_script(PEER_SCRIPT_FUNCTIONS), tmp),
+            "floor: empty probes": lambda: FloorProbes("empty"),
+            "floor: BPF, no consumer": lambda: FloorProbes("unread"),
         }
         times = {s: {c: [] for c in clients} for s in sessions}
         stats = {s: [] for s in sessions}
@@ -92,7 +99,8 @@ def run(cfg: dict) -> dict:
 def rows(res: dict) -> list[tuple]:
     out = []
     for name, row in res["clients"].items():
-        for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)"):
+        for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)", "floor: empty probes",
+                  "floor: BPF, no consumer"):
             if s in row:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
                 out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,

@@ -2,7 +2,8 @@
 /* TLS plaintext: uprobes on the entry of SSL_write/SSL_read (and the _ex
  * variants, and GnuTLS's record functions) remember the buffer; one shared
  * uretprobe reports the bytes the call really transferred, read from that
- * buffer once it returns. Notices of new programs and newly opened TLS
+ * buffer once it returns. Both run on every call of a busy TLS program,
+ * so they are kept to a handful of helper calls each. Notices of new programs and newly opened TLS
  * libraries let user space hook them before they are used. */
 #include "common.bpf.h"
 
@@ -12,13 +13,16 @@ struct call {
 	__u64 count_ptr; /* size_t *written / *readbytes of the _ex variants */
 	__u64 start_ns;
 	__u32 fn;
-	__u32 reserved;
+	__u32 active; /* entered, not returned yet */
 };
 
+/* The call under way on each thread: task storage is found from the task
+ * itself, without the hashing and bucket lock of a map keyed by thread,
+ * and goes away with the thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct call);
 } calls SEC(".maps");
 
@@ -66,16 +70,19 @@ static __always_inline int call_enter(__u32 fn, void *ssl, const void *buf, void
 {
 	if (!task_wanted())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct call c = {
-		.ssl = (__u64)ssl,
-		.buf = (__u64)buf,
-		.count_ptr = (__u64)count_ptr,
-		.start_ns = bpf_ktime_get_ns(),
-		.fn = fn,
-	};
+	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+					      BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	if (!c) {
+		stat_add(STAT_CALLS_MISSED, 1);
+		return 0;
+	}
+	c->ssl = (__u64)ssl;
+	c->buf = (__u64)buf;
+	c->count_ptr = (__u64)count_ptr;
+	c->start_ns = bpf_ktime_get_ns();
+	c->fn = fn;
+	c->active = 1;
 	return 0;
 }
 
@@ -145,7 +152,7 @@ struct chunk_ctx {
 	bool failed;
 };
 
-static long emit_chunk(__u32 i, struct chunk_ctx *cc)
+static __always_inline long emit_chunk_at(__u32 i, struct chunk_ctx *cc)
 {
 	__u32 zero = 0;
 	struct ssl_event *ev = bpf_map_lookup_elem(&scratch, &zero);
@@ -177,17 +184,22 @@ static long emit_chunk(__u32 i, struct chunk_ctx *cc)
 	return 0;
 }
 
+static long emit_chunk(__u32 i, struct chunk_ctx *cc)
+{
+	return emit_chunk_at(i, cc);
+}
+
 SEC("uretprobe")
 int BPF_KRETPROBE(tls_return)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct call *pending = bpf_map_lookup_elem(&calls, &id);
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct call *pending = bpf_task_storage_get(&calls, task, 0, 0);
 
-	if (!pending)
+	if (!pending || !pending->active)
 		return 0;
 	struct call c = *pending;
 
-	bpf_map_delete_elem(&calls, &id);
+	pending->active = 0;
 
 	/* GnuTLS returns ssize_t; OpenSSL's int leaves rax's upper half undefined. */
 	bool wide = c.fn == FN_GNUTLS_RECORD_SEND || c.fn == FN_GNUTLS_RECORD_RECV;
@@ -216,7 +228,7 @@ int BPF_KRETPROBE(tls_return)
 
 	__u32 zero = 0;
 	struct ssl_event *ev = bpf_map_lookup_elem(&scratch, &zero);
-	struct conn *cn = conn_of(c.ssl, id >> 32);
+	struct conn *cn = conn_of(c.ssl, task->tgid);
 
 	if (!ev)
 		return 0;
@@ -246,7 +258,11 @@ int BPF_KRETPROBE(tls_return)
 	} else {
 		struct chunk_ctx cc = { .buf = c.buf, .captured = captured };
 
-		bpf_loop((captured + SSL_CHUNK - 1) / SSL_CHUNK, emit_chunk, &cc, 0);
+		/* Nearly every call fits one record: no loop, no callback. */
+		if (captured <= SSL_CHUNK)
+			emit_chunk_at(0, &cc);
+		else
+			bpf_loop((captured + SSL_CHUNK - 1) / SSL_CHUNK, emit_chunk, &cc, 0);
 		/* With no record of the call out, user space cannot know it
 		 * happened: the next call on this conn reports the gap. A call
 		 * cut after its first record is completed by user space. */

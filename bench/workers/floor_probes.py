@@ -1,0 +1,73 @@
+"""Probes at agentsight's own attach points, without agentsight's consumer:
+
+  empty    an empty entry probe and an empty return probe on every TLS
+           function agentsight hooks in the processes running now (the
+           cost of the traps alone: the floor of any uprobe capture)
+  unread   agentsight's own ssl.bpf.o, attached the same way, its ring
+           never read (the BPF work without the consumer competing for CPU)
+
+Prints `ready` on stderr once attached; detaches on SIGINT/SIGTERM.
+Run as root from the repository: python3 bench/workers/floor_probes.py MODE [OBJECT]
+(OBJECT: another build of ssl.bpf.o for `unread`, to compare BPF changes).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import build_bpf  # noqa: E402
+from agentsight.bpf.object import BPF_TRACE_UPROBE_MULTI, BpfObject  # noqa: E402
+from agentsight.collectors.base import Filters  # noqa: E402
+from agentsight.collectors.ssl import FUNCTION_COOKIES, NO_RETURN_PROBE  # noqa: E402
+from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
+
+UNREAD_RING = 256 << 20  # larger than a benchmark round writes
+
+
+def main() -> int:
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode not in ("empty", "unread"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="agentsight-floor-") as tmp:
+        if mode == "empty":
+            path = build_bpf.compile_one(build_bpf.find_clang(), Path(__file__).with_name("floor.bpf.c"), Path(tmp))
+            enter, ret, ring = "floor_enter", "floor_return", 4096
+        else:
+            path = sys.argv[2] if len(sys.argv) > 2 else "ssl.bpf.o"
+            enter, ret, ring = "tls_enter", "tls_return", UNREAD_RING
+        filters = Filters()
+        # wakeup_bytes above the ring size: nobody is ever woken.
+        obj = BpfObject(str(path), filters.config(1 << 20, UNREAD_RING * 2), ring,
+                        disabled=frozenset({"notice_exec", "notice_openat_enter", "notice_openat_exit"}),
+                        attach_types={enter: BPF_TRACE_UPROBE_MULTI, ret: BPF_TRACE_UPROBE_MULTI})
+        discovery = Discovery()
+        hooked = []
+        try:
+            for f in discovery.initial():
+                functions = sorted(f.library.functions.items())
+                returning = [(fn, o) for fn, o in functions if fn not in NO_RETURN_PROBE]
+                obj.attach_uprobe_multi(enter, f.path, [o for _, o in functions],
+                                        [FUNCTION_COOKIES[fn] for fn, _ in functions])
+                obj.attach_uprobe_multi(ret, f.path, [o for _, o in returning],
+                                        [FUNCTION_COOKIES[fn] for fn, _ in returning], retprobe=True)
+                hooked.append(f.shown_path)
+            print(f"ready: {mode} probes on {', '.join(hooked)}", file=sys.stderr, flush=True)
+            stop.wait()
+        finally:
+            obj.close()
+            discovery.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
