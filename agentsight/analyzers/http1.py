@@ -113,19 +113,19 @@ def _body_length(method: bytes, resp: h11.Response) -> int | None:
 
 
 def _request_body_length(req: h11.Request) -> int | None:
-    """The Content-Length of a request body that can be framed without h11:
-    one on a keep-alive connection that cannot switch protocols afterwards
-    (then h11 just starts the next cycle at the end of the body)."""
+    """The length of a request body that can be framed without h11 (0: no
+    body): one on a keep-alive connection that cannot switch protocols
+    afterwards (then h11 just starts the next cycle at the end of the body)."""
     if req.method == b"CONNECT" or req.http_version != b"1.1":
         return None
-    length = None
+    length = 0
     for k, v in req.headers:
         if k == b"content-length":
             length = int(v)
         elif (k == b"transfer-encoding" or k == b"upgrade"
               or (k == b"connection" and _closes(((k, v),)))):
             return None
-    return length if length else None
+    return length
 
 
 def _closes(headers: Any) -> bool:
@@ -136,11 +136,21 @@ def _closes(headers: Any) -> bool:
     return False
 
 
+_REQUEST_LINES: dict[tuple, h11.Request] = {}
+
+
 def _request_line(x: _Exchange) -> h11.Request:
-    """What the response parser is told the response answers."""
-    hdrs = [(b"host", b"h"), (b"content-length", b"0")]
-    hdrs.extend(x.upgrade)
-    return h11.Request(method=x.method, target=x.target or b"/", headers=hdrs)
+    """What the response parser is told the response answers: the method and
+    any Upgrade are all that frame a response, so one is built per pair."""
+    key = (x.method, *x.upgrade)
+    line = _REQUEST_LINES.get(key)
+    if line is None:
+        hdrs = [(b"host", b"h"), (b"content-length", b"0")]
+        hdrs.extend(x.upgrade)
+        line = h11.Request(method=x.method, target=b"/", headers=hdrs)
+        if len(_REQUEST_LINES) < 256:
+            _REQUEST_LINES[key] = line
+    return line
 
 
 class _H1Conn:
