@@ -165,6 +165,15 @@ def note_foreign(part: str) -> None:
         NOISE.append({"part": part, "at": time.strftime("%H:%M:%S"), "tracers": found[:3], "when": "during"})
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def vm_hwm_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -259,6 +268,7 @@ class Agentsight:
         if not self._ready.wait(timeout) or self.ready_s is None:
             end(self.proc, signal.SIGKILL)
             raise RuntimeError(f"agentsight {' '.join(args)} never became ready: {''.join(self.stderr)[-2000:]}")
+        self.cpu_at_ready = cpu_seconds(self.proc.pid)
 
     @staticmethod
     def argv(args: list[str], output: Path | str) -> list[str]:
@@ -278,6 +288,7 @@ class Agentsight:
 
     def stop(self) -> dict:
         hwm, ring = vm_hwm_kb(self.proc.pid), ring_rss_kb(self.proc.pid)
+        cpu = cpu_seconds(self.proc.pid)
         t = time.monotonic()
         rc = end(self.proc, signal.SIGINT, timeout=60)
         stop_s = time.monotonic() - t
@@ -287,8 +298,10 @@ class Agentsight:
         text = "".join(self.stderr)
         if rc != 0 or not _SUMMARY_LOST.search(text):
             log(f"agentsight {' '.join(self.args)} exited {rc}: {text[-1500:]}")
+        # CPU from ready to stop: what the consumer spent on the workload.
+        busy = cpu - self.cpu_at_ready if cpu is not None and self.cpu_at_ready is not None else None
         return {"rc": rc, "ready_s": self.ready_s, "stop_s": stop_s, "vm_hwm_kb": hwm, "ring_rss_kb": ring,
-                **parse_summary(text)}
+                "cpu_s": busy, **parse_summary(text)}
 
 
 class FloorProbes(Agentsight):

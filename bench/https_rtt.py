@@ -93,6 +93,9 @@ def run(cfg: dict) -> dict:
             "ready_s": median([x.get("ready_s") for x in st]),
             "stop_s": median([x.get("stop_s") for x in st]),
         }
+        cpu = [x["cpu_s"] / x["events"] * 1e6 for x in st if x.get("cpu_s") is not None and x.get("events")]
+        if cpu:
+            out["tracers"][s]["consumer_cpu_us_per_event"] = round(median(cpu), 2)
     return out
 
 
@@ -105,4 +108,8 @@ def rows(res: dict) -> list[tuple]:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
                 out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,
                             f"{row[s]['ratio']:.2f}x ({row[s]['us_per_round_trip']} µs)", target))
+    for s, t in res["tracers"].items():
+        if "consumer_cpu_us_per_event" in t:
+            out.append(("HTTPS round trips: consumer CPU per event (both clients)", s,
+                        f"{t['consumer_cpu_us_per_event']} µs", ""))
     return out
