@@ -60,9 +60,9 @@ static __always_inline bool comm_is(const char *comm)
 	return true;
 }
 
-/* The current task's fields are read through its BTF pointer: plain loads,
- * where each helper call costs a trap-free but mitigated call and return
- * (tens of ns each, on every probed TLS call). */
+/* The current task's fields are read through its BTF pointer: plain loads
+ * instead of helper calls, which cost tens of ns each on kernels with
+ * return-thunk mitigations, and run on every probed TLS call. */
 static __always_inline bool task_wanted(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();

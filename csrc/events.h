@@ -181,7 +181,7 @@ struct config {
 enum stat_index {
 	STAT_RING_FULL = 0,      /* records the ring buffer had no room for */
 	STAT_RING_FULL_BYTES = 1,/* data bytes those records would have carried */
-	STAT_CALLS_MISSED = 2,/* TLS calls whose entry could not be recorded: missed */
+	STAT_CALLS_MISSED = 2,   /* TLS calls missed: no memory to note their entry */
 	STAT_READ_FAULT = 3,     /* user memory that could not be read */
 	STAT_MAX = 4,
 };

@@ -3,8 +3,9 @@
  * variants, and GnuTLS's record functions) remember the buffer; one shared
  * uretprobe reports the bytes the call really transferred, read from that
  * buffer once it returns. Both run on every call of a busy TLS program,
- * so they are kept to a handful of helper calls each. Notices of new programs and newly opened TLS
- * libraries let user space hook them before they are used. */
+ * so they are kept to a handful of helper calls each. Notices of new
+ * programs and newly opened TLS libraries let user space hook them before
+ * they are used. */
 #include "common.bpf.h"
 
 struct call {
