@@ -43,6 +43,28 @@ def uprobe_attach_mode() -> str:
     return "multi" if (major, minor) >= (6, 6) else "perf"
 
 
+def attach_tls_file(obj: BpfObject, f: TlsFile, mode: str, pid: int | None = None,
+                    entry: str = ENTRY_PROGRAM, ret: str = RETURN_PROGRAM) -> None:
+    """The entry program on every TLS function of `f`, the return program on
+    those whose result is reported; `mode` is uprobe_attach_mode()'s."""
+    functions = sorted(f.library.functions.items())
+    returning = [(fn, offset) for fn, offset in functions if fn not in NO_RETURN_PROBE]
+    # A pid given to the uprobe itself keeps the breakpoint out of every
+    # other process; the in-kernel filter stays as well. A uretprobe
+    # hijacks the return address where it is placed, so it sits on the
+    # function's first byte, like the entry probe.
+    if mode == "multi":
+        obj.attach_uprobe_multi(entry, f.path, [o for _, o in functions],
+                                [FUNCTION_COOKIES[fn] for fn, _ in functions], pid=pid or 0)
+        obj.attach_uprobe_multi(ret, f.path, [o for _, o in returning],
+                                [FUNCTION_COOKIES[fn] for fn, _ in returning], retprobe=True, pid=pid or 0)
+    else:
+        for fn, offset in functions:
+            obj.attach_uprobe(entry, f.path, offset, pid=pid or -1, cookie=FUNCTION_COOKIES[fn])
+        for _, offset in returning:
+            obj.attach_uprobe(ret, f.path, offset, retprobe=True, pid=pid or -1)
+
+
 def _stderr_note(text: str) -> None:
     print(f"agentsight: note: {text}", file=sys.stderr, flush=True)
 
@@ -118,26 +140,8 @@ class SslCollector(Collector):
         self._notice_reader.start()
 
     def _hook(self, f: TlsFile) -> None:
-        obj = self.objects[0]
-        functions = sorted(f.library.functions.items())
-        returning = [(fn, offset) for fn, offset in functions if fn not in NO_RETURN_PROBE]
-        # A pid given to the uprobe itself keeps the breakpoint out of every
-        # other process; the in-kernel filter stays as well. A uretprobe
-        # hijacks the return address where it is placed, so it sits on the
-        # function's first byte, like the entry probe.
         with self._attach_lock:
-            if self.attach_mode == "multi":
-                pid = self.filters.pid or 0
-                obj.attach_uprobe_multi(ENTRY_PROGRAM, f.path, [o for _, o in functions],
-                                        [FUNCTION_COOKIES[fn] for fn, _ in functions], pid=pid)
-                obj.attach_uprobe_multi(RETURN_PROGRAM, f.path, [o for _, o in returning],
-                                        [FUNCTION_COOKIES[fn] for fn, _ in returning], retprobe=True, pid=pid)
-            else:
-                pid = self.filters.pid or -1
-                for fn, offset in functions:
-                    obj.attach_uprobe(ENTRY_PROGRAM, f.path, offset, pid=pid, cookie=FUNCTION_COOKIES[fn])
-                for _, offset in returning:
-                    obj.attach_uprobe(RETURN_PROGRAM, f.path, offset, retprobe=True, pid=pid)
+            attach_tls_file(self.objects[0], f, self.attach_mode, self.filters.pid)
             self.hooked.append(f)
 
     def _read_notices(self) -> None:

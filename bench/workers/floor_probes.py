@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import build_bpf  # noqa: E402
 from agentsight.bpf.object import BPF_TRACE_UPROBE_MULTI, BpfObject  # noqa: E402
 from agentsight.collectors.base import Filters  # noqa: E402
-from agentsight.collectors.ssl import FUNCTION_COOKIES, NO_RETURN_PROBE  # noqa: E402
+from agentsight.collectors.ssl import attach_tls_file  # noqa: E402
 from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
 
 UNREAD_RING = 256 << 20  # larger than a benchmark round writes
@@ -54,12 +54,7 @@ def main() -> int:
         hooked = []
         try:
             for f in discovery.initial():
-                functions = sorted(f.library.functions.items())
-                returning = [(fn, o) for fn, o in functions if fn not in NO_RETURN_PROBE]
-                obj.attach_uprobe_multi(enter, f.path, [o for _, o in functions],
-                                        [FUNCTION_COOKIES[fn] for fn, _ in functions])
-                obj.attach_uprobe_multi(ret, f.path, [o for _, o in returning],
-                                        [FUNCTION_COOKIES[fn] for fn, _ in returning], retprobe=True)
+                attach_tls_file(obj, f, "multi", entry=enter, ret=ret)
                 hooked.append(f.shown_path)
             print(f"ready: {mode} probes on {', '.join(hooked)}", file=sys.stderr, flush=True)
             stop.wait()
