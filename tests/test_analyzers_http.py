@@ -468,6 +468,8 @@ def test_process_events_pass_through_unchanged_and_outputs_serialise():
 
 def test_internal_error_in_one_connection_does_not_break_others(monkeypatch):
     from agentsight.analyzers import http1
+    from agentsight.analyzers.base import Stats
+    from agentsight.analyzers.reassembly import StreamReassembler
 
     real = http1._H1Conn.on_resp
 
@@ -527,3 +529,104 @@ def test_every_process_event_type_passes_through():
         ev = {"type": t, "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0}
         assert p.feed(dict(ev)) == [ev], t
     assert not p.stats.get("skipped.unknown_type")
+
+
+# -- the httptools fast path frames exactly as h11 does -----------------------------------
+PLAIN_REQUESTS = [
+    request("POST", "/v1", HOST, body=b"hello"), get("/a"), get("/q?x=1"),
+    request("DELETE", "/x", HOST, body=b"abc"),
+]
+ODD_REQUESTS = [
+    b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
+    b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    b"GET / HTTP/1.1\nHost: a\n\n", b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 2\r\n\r\nhi",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\nhi",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n  b\r\n\r\n", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+]
+PLAIN_RESPONSES = [
+    response(200, b"abc"), response(200, chunks=[b"ok", b"more"]), response(404, b"nope", reason="Not Found"),
+]
+ODD_RESPONSES = [
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nbye",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1;ext=1\r\na\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length:  7 \r\nX-A:   b  \r\n\r\n1234567",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nrest",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 000000000000000000000001\r\n\r\na",
+    b"HTTP/1.1 600 X\r\nContent-Length: 1\r\n\r\na", b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 1\r\n\r\na",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"\x00\x00HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+]
+
+
+def _random_capture(rnd: random.Random) -> Capture:
+    c = Capture()
+    for _ in range(rnd.randint(1, 5)):
+        for send, msgs in ((True, (PLAIN_REQUESTS, ODD_REQUESTS)), (False, (PLAIN_RESPONSES, ODD_RESPONSES))):
+            data = rnd.choice(msgs[rnd.random() < 0.4])
+            cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.choice((0, 0, 1, 2)))))
+            for piece in cut(data, cuts):
+                (c.send if send else c.recv)(piece)
+    if rnd.random() < 0.3:
+        c.exit()
+    return c
+
+
+def test_plain_heads_parsed_with_httptools_frame_exactly_as_h11(monkeypatch):
+    from agentsight.analyzers import http1
+    from agentsight.analyzers.base import Stats
+    from agentsight.analyzers.reassembly import StreamReassembler
+
+    captures = [_random_capture(random.Random(seed)) for seed in range(1500)]
+    taken = []
+    fast_request, fast_response = http1._fast_request, http1._fast_response
+
+    def counted(f):
+        def wrapper(*a):
+            r = f(*a)
+            taken.append(r is not None)
+            return r
+        return wrapper
+
+    def outputs():  # what the HTTP stage hands on, headers and all, and its counters
+        res = []
+        for c in captures:
+            http1._xids = iter(range(1, 1 << 30))
+            stats = Stats()
+            streams, parser = StreamReassembler(stats), http1.Http1Parser(stats)
+            out = [h for e in c.events for ev in streams.feed(dict(e)) for h in parser.feed(ev)]
+            out += [h for ev in streams.close() for h in parser.feed(ev)] + parser.close()
+            res.append((out, dict(stats)))
+        return res
+
+    monkeypatch.setattr(http1, "_fast_request", counted(fast_request))
+    monkeypatch.setattr(http1, "_fast_response", counted(fast_response))
+    with_httptools = outputs()
+    monkeypatch.setattr(http1, "_split_head", lambda buf: -1)  # every head to h11
+    h11_only = outputs()
+    assert sum(taken) > 1000 and taken.count(False) > 1000  # both paths were exercised
+    for c, a, b in zip(captures, with_httptools, h11_only):
+        assert a == b, c.events
+    assert sum(p.get("skipped.malformed_http", 0) for _, p in h11_only) > 100
+
+
+def test_pipelined_requests_that_need_h11_do_not_recurse():
+    c = Capture()
+    c.send(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" * 5000)
+    c.recv(response(200, b"x") * 5000)
+    out, p = run(c.events)
+    assert len(of_type(out, "http")) == 5000
+    assert p.stats["http.requests"] == 5000
+    assert "errors.http" not in p.stats

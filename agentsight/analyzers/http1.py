@@ -1,6 +1,12 @@
-"""Stage 2: ``tls_data`` byte streams -> HTTP/1.1 exchanges, parsed with h11.
+"""Stage 2: ``tls_data`` byte streams -> HTTP/1.1 exchanges, parsed with
+httptools (llhttp) and h11.
 
-Each connection gets two h11 state machines driven passively:
+A message head at a message boundary that is plain -- HTTP/1.1, keep-alive,
+framed by Content-Length or chunked, no protocol switch -- is parsed with
+httptools and its body framed here.  Every other head goes to h11, which
+decides all the edge cases and all the errors, exactly as before the
+httptools path existed (tests compare the two paths on hard input).  When h11
+parses, each connection gets two h11 state machines driven passively:
 
 * ``req``: an h11 *server* fed the request stream; after each request we
   "send" a dummy response so h11 moves on to the next request (keep-alive,
@@ -40,6 +46,7 @@ from collections import deque
 from typing import Any
 
 import h11
+import httptools
 
 from .base import ConnKey, Event, Stats
 from .chunked import BAD, DONE, MORE, ChunkedDecoder
@@ -139,6 +146,126 @@ def _closes(headers: Any) -> bool:
 _REQUEST_LINES: dict[tuple, h11.Request] = {}
 
 
+# -- message heads at a message boundary, parsed with httptools -------------
+# h11 spends 10-17 us on a message head (a connection object, its state
+# machines, regex validation); llhttp through httptools about 1 us.  So a
+# head that h11 would take without surprises -- HTTP/1.1, keep-alive, framed
+# by Content-Length or chunked, no protocol switch -- is parsed with
+# httptools; every other head (and anything llhttp rejects) goes to h11 as
+# before, so h11 still decides all the edge cases and all the errors.
+
+class _Head:
+    __slots__ = ("target", "headers", "complete", "status_code", "http_version")
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = 0
+        self.status_code = 0
+        self.http_version = b"1.1"
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete += 1
+
+
+def _split_head(buf: bytes) -> int:
+    """The length of the head at the start of ``buf``: > 0 when it is there
+    whole, 0 when more bytes are needed, -1 when only h11 should read it (a
+    bare-LF line ending, a control byte or space first, or no end within the
+    limit)."""
+    if buf and buf[0] < 0x21:  # h11 rejects this at once, before the head is whole
+        return -1
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEADER_BYTES or b"\n\n" in buf:
+            return -1
+        return 0
+    if b"\n\n" in buf[:end]:
+        return -1
+    return end + 4
+
+
+def _parse_head(parser: Any, head: bytes) -> _Head | None:
+    h = _Head()
+    try:
+        parser(h).feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # h11 decides
+        return None
+    return h if h.complete == 1 else None
+
+
+def _is_length(v: bytes) -> bool:
+    return v.isdigit() and len(v) <= 20  # h11's limit on Content-Length digits
+
+
+def _fast_request(head: bytes) -> tuple[_Head, int] | None:
+    """A request head and its Content-Length (0: none), or None when h11 is
+    to parse it (anything but a plain keep-alive HTTP/1.1 request)."""
+    line = head[:head.find(b"\r\n")]
+    if not line.endswith(b" HTTP/1.1") or line.startswith(b"CONNECT "):
+        return None
+    h = _parse_head(httptools.HttpRequestParser, head)
+    if h is None:
+        return None
+    length = -1
+    hosts = 0
+    for k, v in h.headers:
+        if k == b"host":
+            hosts += 1
+        elif k == b"content-length":
+            if length >= 0 or not _is_length(v):
+                return None
+            length = int(v)
+        elif (k == b"transfer-encoding" or k == b"upgrade"
+              or (k == b"connection" and _closes(((k, v),)))):
+            return None
+    if hosts != 1:
+        return None
+    return h, max(length, 0)
+
+
+def _fast_response(head: bytes, x: _Exchange) -> tuple[_Head, int] | None:
+    """A response head to ``x`` and how its body is framed (-1 chunked, else
+    the Content-Length), or None when h11 is to parse it: 1xx, 204, 304,
+    answers to HEAD or CONNECT, close-delimited bodies, Connection: close,
+    HTTP/1.0."""
+    if not head.startswith(b"HTTP/1.1 ") or x.method in (b"HEAD", b"CONNECT"):
+        return None
+    for k, v in x.upgrade:
+        if k == b"upgrade" or _closes(((k, v),)):
+            return None
+    h = _parse_head(httptools.HttpResponseParser, head)
+    if h is None:
+        return None
+    status = int(head[9:12]) if head[9:12].isdigit() else 0
+    if status < 200 or status > 599 or status == 204 or status == 304:
+        return None
+    h.status_code = status
+    length = None
+    headers = h.headers
+    for i, (k, v) in enumerate(headers):
+        if k == b"content-length":
+            if length is not None or not _is_length(v):
+                return None
+            length = int(v)
+        elif k == b"transfer-encoding":
+            if length is not None or v.lower() != b"chunked":
+                return None
+            headers[i] = (k, b"chunked")  # as h11 reports it
+            length = -1
+        elif k == b"connection" and _closes(((k, v),)):
+            return None
+    if length is None:
+        return None
+    return h, length
+
+
 def _request_line(x: _Exchange) -> h11.Request:
     """What the response parser is told the response answers: the method and
     any Upgrade are all that frame a response, so one is built per pair."""
@@ -157,7 +284,7 @@ class _H1Conn:
     __slots__ = ("key", "pid", "conn", "side", "stats", "req", "resp", "req_broken",
                  "resp_broken", "cur_req", "req_start", "req_tid", "req_comm",
                  "queue", "cur_resp", "req_lost", "resp_lost", "dead", "last_ts",
-                 "chunked", "body_left", "keep", "head", "req_left")
+                 "chunked", "body_left", "keep", "head", "req_left", "req_buf", "resp_buf")
 
     def __init__(self, ev: Event, stats: Stats) -> None:
         self.key: ConnKey = ev["key"]
@@ -165,8 +292,12 @@ class _H1Conn:
         self.conn: int = ev["conn"]
         self.side: str = ev.get("side", "client")
         self.stats = stats
-        self.req = _new_req_parser()
-        self.resp = _new_resp_parser()
+        # None: at a message boundary, the bytes so far in req_buf/resp_buf
+        # (see _fast_request); an h11 parser only for heads that need one.
+        self.req: h11.Connection | None = None
+        self.resp: h11.Connection | None = None
+        self.req_buf = b""
+        self.resp_buf = b""
         self.req_broken = False
         self.resp_broken = False
         self.cur_req: _Exchange | None = None
@@ -184,7 +315,7 @@ class _H1Conn:
         self.chunked: ChunkedDecoder | None = None
         self.body_left = 0
         self.keep = True  # the connection stays open after this response
-        self.head: h11.Response | None = None  # the response whose body is framed here
+        self.head: h11.Response | _Head | None = None  # the response whose body is framed here
         self.req_left = 0  # Content-Length bytes of cur_req's body still to come
 
     # -- request direction ------------------------------------------------
@@ -196,7 +327,8 @@ class _H1Conn:
             return
         if self.req_broken:
             if data and classify_prefix(data[:24]) == REQUEST:
-                self.req = _new_req_parser()
+                self.req = None
+                self.req_buf = b""
                 self.req_broken = False
                 self.req_lost = None
                 self.req_left = 0
@@ -222,7 +354,10 @@ class _H1Conn:
             if not self._req_body(data, ts, out):
                 return
         elif data:
-            self.req.receive_data(data)
+            if self.req is None:
+                self.req_buf += data
+            else:
+                self.req.receive_data(data)
         self._pump_req(ts, out)
 
     def _req_lost(self, reason: str) -> None:
@@ -232,20 +367,66 @@ class _H1Conn:
             self.req_lost = self.req_lost or reason
 
     def _pump_req(self, ts: int, out: list[Event]) -> None:
+        while self.req is not None or self._fast_req(ts, out):
+            if not self._pump_h11_req(ts, out):
+                return
+
+    def _fast_req(self, ts: int, out: list[Event]) -> bool:
+        """Requests at message boundaries, for as long as they are plain;
+        True when h11 is to parse the next one (then ``self.req`` is set)."""
+        while True:
+            buf = self.req_buf
+            if not buf:
+                return False
+            n = _split_head(buf)
+            if n == 0:
+                return False
+            fast = _fast_request(buf[:n]) if n > 0 else None
+            if fast is None:
+                self.req = _new_req_parser()
+                self.req.receive_data(buf)
+                self.req_buf = b""
+                return True
+            h, length = fast
+            x = self._new_request(ts)
+            x.method = buf[:buf.index(b" ")]
+            x.target = h.target
+            x.headers = h.headers
+            x.upgrade = [(k, v) for k, v in h.headers if k == b"connection"]
+            self.req_buf = b""
+            self.req_left = length
+            if not self._req_body(buf[n:], ts, out):
+                return False
+
+    def _new_request(self, ts: int) -> _Exchange:
+        x = _Exchange(self.req_start if self.req_start is not None else ts,
+                      self.req_tid, self.req_comm)
+        self.req_start = None
+        if self.req_lost:
+            x.incomplete = self.req_lost
+            self.req_lost = None
+        self.cur_req = x
+        return x
+
+    def _pump_h11_req(self, ts: int, out: list[Event]) -> bool:
+        """True when the next request starts at a boundary (``self.req`` None)."""
         req = self.req
+        assert req is not None
         try:
             while True:
                 e: Any = req.next_event()
                 if e is h11.NEED_DATA:
-                    return
+                    return False
                 if e is h11.PAUSED:
                     if req.their_state is h11.DONE and req.our_state is h11.SEND_RESPONSE:
                         req.send(_DUMMY_RESPONSE)
                         req.send(_EOM)
                     if req.their_state is h11.DONE and req.our_state is h11.DONE:
-                        req.start_next_cycle()
-                        continue
-                    return  # closed or switched protocol: no more requests
+                        # the next request starts at a boundary, as after a body framed here
+                        self.req = None
+                        self.req_buf = req.trailing_data[0]
+                        return True
+                    return False  # closed or switched protocol: no more requests
                 t = type(e)
                 if t is h11.Data:
                     x = self.cur_req
@@ -259,29 +440,21 @@ class _H1Conn:
                             else:
                                 x.body.append(bytes(e.data))
                 elif t is h11.Request:
-                    x = _Exchange(self.req_start if self.req_start is not None else ts,
-                                  self.req_tid, self.req_comm)
-                    self.req_start = None
+                    x = self._new_request(ts)
                     x.method = e.method
                     x.target = e.target
                     x.headers = list(e.headers)
                     x.version = e.http_version
                     x.upgrade = [(k, v) for k, v in e.headers
                                  if k == b"upgrade" or k == b"connection"]
-                    if self.req_lost:
-                        x.incomplete = self.req_lost
-                        self.req_lost = None
-                    self.cur_req = x
                     length = _request_body_length(e)
                     if length is not None:
                         self.req_left = length
-                        if not self._req_body(req.trailing_data[0], ts, out):
-                            return
-                        req = self.req  # the next request's parser
+                        return self._req_body(req.trailing_data[0], ts, out)
                 elif t is h11.EndOfMessage:
                     self._finish_req(ts, out)
                 elif t is h11.ConnectionClosed:
-                    return
+                    return False
         except h11.ProtocolError:
             self.stats["skipped.malformed_http"] += 1
             self.req_broken = True
@@ -289,6 +462,7 @@ class _H1Conn:
             if self.cur_req is not None:
                 self.cur_req.incomplete = self.cur_req.incomplete or "malformed_http"
                 self._finish_req(ts, out)
+        return False
 
     def _req_body(self, data: bytes, ts: int, out: list[Event]) -> bool:
         """Content-Length body bytes of ``cur_req``, framed without h11 (like
@@ -315,9 +489,8 @@ class _H1Conn:
             return False
         self._finish_req(ts, out)
         # h11 would answer with a dummy response and start the next cycle
-        self.req = _new_req_parser()
-        if rest:
-            self.req.receive_data(rest)
+        self.req = None
+        self.req_buf = rest
         return True
 
     def _finish_req(self, ts: int, out: list[Event]) -> None:
@@ -348,7 +521,8 @@ class _H1Conn:
             return
         if self.resp_broken:
             if data[:7] == b"HTTP/1.":
-                self.resp = _new_resp_parser()
+                self.resp = None
+                self.resp_buf = b""
                 self.resp_broken = False
                 self.resp_lost = None
                 self.chunked = None
@@ -371,7 +545,10 @@ class _H1Conn:
             if not self._body_data(data, ts, out):
                 return
         elif data:
-            self.resp.receive_data(data)
+            if self.resp is None:
+                self.resp_buf += data
+            else:
+                self.resp.receive_data(data)
         self._pump_resp(ts, out)
 
     def _resp_lost(self, reason: str) -> None:
@@ -384,15 +561,69 @@ class _H1Conn:
             self.resp_lost = self.resp_lost or reason
 
     def _pump_resp(self, ts: int, out: list[Event], eof: str | None = None) -> None:
-        if self.resp_broken or self.dead or self.chunked is not None or self.body_left:
-            return
+        while not (self.resp_broken or self.dead or self.chunked is not None or self.body_left):
+            if self.resp is None and not self._fast_resp(ts, out, eof):
+                return
+            if not self._pump_h11_resp(ts, out, eof):
+                return
+
+    def _fast_resp(self, ts: int, out: list[Event], eof: str | None) -> bool:
+        """Responses at message boundaries, for as long as they are plain;
+        True when h11 is to parse the next one (then ``self.resp`` is set)."""
+        while True:
+            x = self.cur_resp
+            if x is None:
+                if not self.queue:
+                    return False
+                x = self.cur_resp = self.queue.popleft()
+                if self.resp_lost:
+                    x.incomplete = x.incomplete or self.resp_lost
+                    self.resp_lost = None
+            buf = self.resp_buf
+            n = _split_head(buf) if eof is None else -1
+            if n == 0:
+                return False
+            fast = _fast_response(buf[:n], x) if n > 0 else None
+            if fast is None:
+                self.resp_buf = b""
+                self.resp = _new_resp_parser()
+                self.resp.send(_request_line(x))
+                self.resp.send(_EOM)
+                if buf:  # (no bytes at all would tell h11 the stream ended)
+                    self.resp.receive_data(buf)
+                if eof is not None:
+                    self.resp.receive_data(b"")
+                return True
+            h, length = fast
+            self.resp_buf = b""
+            x.responded = True
+            out.append({"type": "http_response", "xid": x.xid, "key": self.key,
+                        "ts": ts, "status": h.status_code, "headers": h.headers,
+                        "http_version": "1.1"})
+            if length < 0:
+                self.chunked = ChunkedDecoder(MAX_HEADER_BYTES)
+            else:
+                self.body_left = length
+            self.keep = True
+            self.head = h
+            if length == 0:
+                self._end(x, ts, out, x.incomplete)
+                self.resp_buf = buf[n:]
+            elif not self._body_data(buf[n:], ts, out):
+                return False
+            elif self.resp is not None:  # trailer fields follow: h11 parses them
+                return True
+
+    def _pump_h11_resp(self, ts: int, out: list[Event], eof: str | None) -> bool:
+        """True when the next response starts at a boundary (``self.resp`` None)."""
         resp = self.resp
+        assert resp is not None
         try:
             while True:
                 x = self.cur_resp
                 if x is None:
                     if not self.queue or resp.our_state is not h11.IDLE:
-                        return
+                        return False
                     x = self.cur_resp = self.queue.popleft()
                     if self.resp_lost:
                         x.incomplete = x.incomplete or self.resp_lost
@@ -401,7 +632,7 @@ class _H1Conn:
                     resp.send(_EOM)
                 e: Any = resp.next_event()
                 if e is h11.NEED_DATA:
-                    return
+                    return False
                 t = type(e)
                 if t is h11.Data:
                     n = len(e.data)
@@ -416,16 +647,20 @@ class _H1Conn:
                                 "http_version": e.http_version.decode("latin-1")})
                     rest = self._start_body(x, e, resp) if eof is None else None
                     if rest is not None:
-                        if not self._body_data(rest, ts, out):
-                            return
-                        resp = self.resp  # the next message's parser
+                        return self._body_data(rest, ts, out)
                 elif t is h11.EndOfMessage:
                     self._end(x, ts, out, x.incomplete)
                     if resp.our_state is h11.DONE and resp.their_state is h11.DONE:
+                        rest, closed = resp.trailing_data
+                        if eof is None and not closed:
+                            # the next response starts at a boundary
+                            self.resp = None
+                            self.resp_buf = rest
+                            return True
                         resp.start_next_cycle()
                     else:
                         self._resp_closed(ts, out)
-                        return
+                        return False
                 elif t is h11.InformationalResponse:
                     if e.status_code == 101:
                         out.append({"type": "http_response", "xid": x.xid, "key": self.key,
@@ -434,16 +669,16 @@ class _H1Conn:
                         self._end(x, ts, out, None)
                         self.stats["skipped.upgrade"] += 1
                         self._resp_closed(ts, out)
-                        return
+                        return False
                 elif e is h11.PAUSED:
                     if resp.their_state is h11.SWITCHED_PROTOCOL:  # CONNECT 2xx
                         self._end(x, ts, out, None)
                         self.stats["skipped.upgrade"] += 1
                         self._resp_closed(ts, out)
-                    return
+                    return False
                 elif t is h11.ConnectionClosed:
                     self._resp_closed(ts, out, eof or "connection_closed")
-                    return
+                    return False
         except h11.ProtocolError:
             # at the end of the connection h11 complains about the missing bytes:
             # that is the close reason, not malformed HTTP
@@ -453,6 +688,7 @@ class _H1Conn:
             x = self.cur_resp
             if x is not None:
                 self._end(x, ts, out, x.incomplete or eof or "malformed_http")
+        return False
 
     # -- response bodies, framed without h11 ---------------------------------
     # h11 turns every read into several events and state-machine steps; a
@@ -514,9 +750,8 @@ class _H1Conn:
         if not self.keep:
             self._resp_closed(ts, out)
             return False
-        self.resp = _new_resp_parser()
-        if rest:
-            self.resp.receive_data(rest)
+        self.resp = None
+        self.resp_buf = rest
         return True
 
     def _resume_chunked(self, x: _Exchange) -> h11.Connection:
@@ -563,10 +798,11 @@ class _H1Conn:
             self.resp_broken = True
         if not self.dead and not self.resp_broken:
             if self.cur_resp is not None or self.queue:
-                try:
-                    self.resp.receive_data(b"")
-                except h11.ProtocolError:
-                    pass
+                if self.resp is not None:
+                    try:
+                        self.resp.receive_data(b"")
+                    except h11.ProtocolError:
+                        pass
                 self._pump_resp(ts, out, eof=reason)
         cur = self.cur_resp
         if cur is not None:
