@@ -5,6 +5,9 @@
            cost of the traps alone: the floor of any uprobe capture)
   unread   agentsight's own ssl.bpf.o, attached the same way, its ring
            never read (the BPF work without the consumer competing for CPU)
+  drain    the same, its ring drained as agentsight drains it, each record
+           copied out and dropped (the consumer's least possible work)
+  decode   drain, then decode each record into an event and drop it
 
 Prints `ready` on stderr once attached; detaches on SIGINT/SIGTERM.
 Run as root from the repository: python3 bench/workers/floor_probes.py MODE [OBJECT]
@@ -23,6 +26,10 @@ sys.path.insert(0, str(REPO))
 
 import build_bpf  # noqa: E402
 from agentsight.bpf.object import BPF_TRACE_UPROBE_MULTI, BpfObject  # noqa: E402
+from agentsight.bpf.ring import RingReader  # noqa: E402
+from agentsight.capture import POLL_MS  # noqa: E402
+from agentsight.cli import DEFAULT_RING_SIZE, _wakeup_bytes  # noqa: E402
+from agentsight.collectors.decode import RecordDecoder  # noqa: E402
 from agentsight.collectors.base import Filters  # noqa: E402
 from agentsight.collectors.ssl import attach_tls_file  # noqa: E402
 from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
@@ -30,9 +37,22 @@ from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
 UNREAD_RING = 256 << 20  # larger than a benchmark round writes
 
 
+def consume(obj: BpfObject, stop: threading.Event, decode: bool) -> None:
+    reader = RingReader()
+    decoder = RecordDecoder()
+    reader.add(obj)
+    try:
+        while not stop.is_set():
+            records = reader.poll(POLL_MS)
+            if decode and records:
+                decoder.decode(records)
+    finally:
+        reader.close()
+
+
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode not in ("empty", "unread"):
+    if mode not in ("empty", "unread", "drain", "decode"):
         print(__doc__, file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -44,10 +64,12 @@ def main() -> int:
             enter, ret, ring = "floor_enter", "floor_return", 4096
         else:
             path = sys.argv[2] if len(sys.argv) > 2 else "ssl.bpf.o"
-            enter, ret, ring = "tls_enter", "tls_return", UNREAD_RING
+            enter, ret = "tls_enter", "tls_return"
+            ring = UNREAD_RING if mode == "unread" else DEFAULT_RING_SIZE
         filters = Filters()
-        # wakeup_bytes above the ring size: nobody is ever woken.
-        obj = BpfObject(str(path), filters.config(1 << 20, UNREAD_RING * 2), ring,
+        # unread: wakeup_bytes above the ring size, so nobody is ever woken.
+        wakeup = UNREAD_RING * 2 if mode == "unread" else _wakeup_bytes(ring)
+        obj = BpfObject(str(path), filters.config(1 << 20, wakeup), ring,
                         disabled=frozenset({"notice_exec", "notice_openat_enter", "notice_openat_exit"}),
                         attach_types={enter: BPF_TRACE_UPROBE_MULTI, ret: BPF_TRACE_UPROBE_MULTI})
         discovery = Discovery()
@@ -57,7 +79,10 @@ def main() -> int:
                 attach_tls_file(obj, f, "multi", entry=enter, ret=ret)
                 hooked.append(f.shown_path)
             print(f"ready: {mode} probes on {', '.join(hooked)}", file=sys.stderr, flush=True)
-            stop.wait()
+            if mode in ("drain", "decode"):
+                consume(obj, stop, decode=mode == "decode")
+            else:
+                stop.wait()
         finally:
             obj.close()
             discovery.close()
