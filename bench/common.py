@@ -306,7 +306,8 @@ class Agentsight:
 
 class FloorProbes(Agentsight):
     """bench/workers/floor_probes.py MODE: probes at agentsight's attach
-    points with nothing (`empty`) or no consumer (`unread`) behind them."""
+    points with nothing (`empty`), no consumer (`unread`) or the least
+    consumer (`drain`: records copied out and dropped) behind them."""
 
     def __init__(self, mode: str, obj: str | None = None, timeout: float = 60.0):
         super().__init__([mode] + ([obj] if obj else []), timeout=timeout)

@@ -8,10 +8,12 @@ capture from analysis), and with the peer: bpftrace with a uprobe and a
 uretprobe on the same functions of libssl.so.3 and node, printing the first
 64 bytes of each call's buffer when it returns.
 
-Two floors, from bench/workers/floor_probes.py, split what trace adds:
+Three floors, from bench/workers/floor_probes.py, split what trace adds:
 empty probes at agentsight's attach points (the traps alone, the least any
-uprobe capture can cost) and agentsight's BPF programs with nobody reading
-their ring (the kernel side, without the consumer competing for the CPUs).
+uprobe capture can cost); agentsight's BPF programs with nobody reading
+their ring (the kernel side, without the consumer competing for the CPUs);
+and the same ring drained as agentsight drains it, each record copied out
+and dropped (the least work any consumer of these records can do).
 
 Reported: the slowdown ratio (median time with / median time without).
 """
@@ -43,6 +45,7 @@ def run(cfg: dict) -> dict:
             "bpftrace (peer)": lambda: Bpftrace(bpftrace_script(PEER_SCRIPT_FUNCTIONS), tmp),
             "floor: empty probes": lambda: FloorProbes("empty"),
             "floor: BPF, no consumer": lambda: FloorProbes("unread"),
+            "floor: BPF, ring drained": lambda: FloorProbes("drain"),
         }
         times = {s: {c: [] for c in clients} for s in sessions}
         stats = {s: [] for s in sessions}
@@ -103,7 +106,7 @@ def rows(res: dict) -> list[tuple]:
     out = []
     for name, row in res["clients"].items():
         for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)", "floor: empty probes",
-                  "floor: BPF, no consumer"):
+                  "floor: BPF, no consumer", "floor: BPF, ring drained"):
             if s in row:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
                 out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,
