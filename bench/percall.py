@@ -8,18 +8,14 @@ SSL_read_ex) and a small C program built here against the system libssl
 process), and, to see where the time goes, with bpftrace's empty uprobes
 (entry only; entry + return) on the same functions.
 
-An experiment rides along: agentsight's own BPF programs (the prebuilt
-ssl.bpf.o), attached by this process through agentsight's bindings, once at
-the exported functions (as agentsight does) and once at the internal
-functions they call (ssl_write_internal / ssl_read_internal), whose first
-instruction the kernel can emulate instead of single-stepping.
+On OpenSSL 3 agentsight hooks ssl_write_internal / ssl_read_internal, where
+all four functions meet and whose first instruction the kernel emulates
+instead of single-stepping; bpftrace's probes sit on the exported functions.
 
 Reported: median µs added per call against the same run's `off`.
 """
 from __future__ import annotations
 
-import struct
-import threading
 import time
 from pathlib import Path
 
@@ -28,92 +24,6 @@ from common import (LIBSSL, PY, WORKERS, Agentsight, Bpftrace, NoTracer, Worker,
 
 PAYLOAD = 64
 FUNCTIONS = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"]
-# enum ssl_fn in csrc/events.h
-COOKIE = {"SSL_write": 0, "SSL_read": 1, "SSL_write_ex": 2, "SSL_read_ex": 3}
-
-
-# --- the placement experiment -----------------------------------------------------------
-def _file_offset(path: str, vaddr: int) -> int:
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        for seg in ELFFile(f).iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
-                return vaddr - seg["p_vaddr"] + seg["p_offset"]
-    raise ValueError(f"{vaddr:#x} is in no segment of {path}")
-
-
-def _vaddr(path: str, offset: int) -> int:
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        for seg in ELFFile(f).iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_offset"] <= offset < seg["p_offset"] + seg["p_filesz"]:
-                return offset - seg["p_offset"] + seg["p_vaddr"]
-    raise ValueError(f"{offset:#x} is in no segment of {path}")
-
-
-def placements(path: str = LIBSSL) -> dict[str, list[tuple[int, int]]]:
-    """{placement: [(file offset, cookie)]}: the exported functions, and the
-    internal ones that SSL_write_ex / SSL_read_ex (OpenSSL 3.0) call first:
-    `sub $8,%rsp; call rel32` (both SSL_write and SSL_write_ex end up there)."""
-    from agentsight.collectors.tls.discovery import Discovery
-
-    discovery = Discovery()
-    try:
-        functions = discovery.binary(path).library.functions
-    finally:
-        discovery.close()
-    exported = [(functions[fn], COOKIE[fn]) for fn in FUNCTIONS]
-    internal = []
-    data = Path(path).read_bytes()
-    for fn in ("SSL_write_ex", "SSL_read_ex"):
-        off = functions[fn]
-        code = data[off:off + 9]
-        if code[:5] != b"\x48\x83\xec\x08\xe8":
-            raise ValueError(f"{fn} does not start with sub $8,%rsp; call: {code.hex()}")
-        target = _vaddr(path, off) + 9 + struct.unpack("<i", code[5:9])[0]
-        internal.append((_file_offset(path, target), COOKIE[fn]))
-    return {"exported": exported, "internal": internal}
-
-
-class DirectProbes:
-    """agentsight's ssl.bpf.o programs attached at chosen offsets for the given
-    pids (uprobe_multi links, as agentsight does on this kernel), its ring
-    drained by a thread of this process (copied out, not decoded)."""
-
-    def __init__(self, targets: list[tuple[int, int]], pids: list[int], path: str = LIBSSL):
-        from agentsight.bpf.object import BPF_TRACE_UPROBE_MULTI, BpfObject
-        from agentsight.bpf.ring import RingReader
-        from agentsight.collectors.base import Filters
-
-        multi = {"tls_enter": BPF_TRACE_UPROBE_MULTI, "tls_return": BPF_TRACE_UPROBE_MULTI}
-        self.obj = BpfObject("ssl.bpf.o", Filters().config(1 << 20, 256 << 10), 32 << 20, frozenset(), multi)
-        offsets, cookies = [o for o, _ in targets], [c for _, c in targets]
-        for pid in pids:
-            self.obj.attach_uprobe_multi("tls_enter", path, offsets, cookies, pid=pid)
-            self.obj.attach_uprobe_multi("tls_return", path, offsets, cookies, retprobe=True, pid=pid)
-        self.reader = RingReader()
-        self.reader.add(self.obj)
-        self.records = 0
-        self._stop = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-        self.pid = None
-
-    def _drain(self) -> None:
-        while not self._stop:
-            self.records += len(self.reader.poll(100))
-
-    def stop(self) -> dict:
-        self._stop = True
-        self._thread.join(5)
-        self.obj.detach()
-        self.records += len(self.reader.drain())
-        lost = self.obj.stats(2)[0]
-        self.reader.close()
-        self.obj.close()
-        return {"events": self.records, "lost_records": lost}
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -140,12 +50,6 @@ def run(cfg: dict) -> dict:
 
 def _measure(workers: dict[str, Worker], rounds: int, n: int, batches: int, tmp: Path, cfg: dict) -> dict:
     bt_fns = {LIBSSL: FUNCTIONS}
-    try:
-        places = placements()
-    except Exception as exc:  # another libssl build: skip the experiment
-        log(f"percall: placement experiment skipped: {exc}")
-        places = {}
-
     # name -> (start(list of workers) -> tracer, one session per worker?)
     sessions: dict[str, tuple] = {
         "off": (lambda ws: NoTracer(), False),
@@ -154,11 +58,6 @@ def _measure(workers: dict[str, Worker], rounds: int, n: int, batches: int, tmp:
         "bpftrace empty uprobe": (lambda ws: Bpftrace(bpftrace_script(bt_fns, "entry"), tmp), False),
         "bpftrace empty uprobe+uretprobe": (lambda ws: Bpftrace(bpftrace_script(bt_fns, "empty"), tmp), False),
     }
-    if places:
-        sessions["agentsight programs, exported fns (harness control)"] = (
-            lambda ws: DirectProbes(places["exported"], [w.pid for w in ws]), False)
-        sessions["agentsight programs, ssl_*_internal (experiment)"] = (
-            lambda ws: DirectProbes(places["internal"], [w.pid for w in ws]), False)
 
     # samples[session][worker] = [ns per call, one per round]
     samples = {s: {w: [] for w in workers} for s in sessions}
@@ -191,7 +90,7 @@ def _measure(workers: dict[str, Worker], rounds: int, n: int, batches: int, tmp:
         log(f"percall: round {r + 1}/{rounds} done")
 
     results = {"payload_bytes": PAYLOAD, "round_trips_per_batch": n, "rounds": len(samples["off"][next(iter(workers))]),
-               "placements": {k: [hex(o) for o, _ in v] for k, v in places.items()}, "workers": {}}
+               "workers": {}}
     for w in workers:
         base = median(samples["off"][w])
         row = {"off_ns_per_call": round(base, 1), "sessions": {}}
