@@ -12,7 +12,7 @@ Pure, sans-I/O Python::
 
 Stages (one ``dict`` event type flows between them)::
 
-    StreamReassembler -> Http1Parser (h11) -> LlmAnalyzer (providers/) -> Redactor
+    StreamReassembler -> Http1Parser (httptools, h11) -> LlmAnalyzer (providers/) -> Redactor
 """
 from __future__ import annotations
 

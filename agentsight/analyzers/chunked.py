@@ -1,8 +1,9 @@
 """Incremental decoder of a chunked response body (RFC 9112 section 7.1).
 
-h11 parses every message head; the HTTP stage then frames chunked bodies with
-this decoder, because h11's per-read event machinery dominated the cost of
-streamed (SSE) responses, which arrive as one small chunk per read.
+httptools or h11 parses every message head; the HTTP stage then frames
+chunked bodies with this decoder, because h11's per-read event machinery
+dominated the cost of streamed (SSE) responses, which arrive as one small
+chunk per read.
 
 It accepts exactly what h11's chunked reader accepts, and stops at the last
 chunk: a body without trailer fields ends here (``DONE``); trailer fields,
