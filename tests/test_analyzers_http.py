@@ -614,7 +614,7 @@ def test_plain_heads_parsed_with_httptools_frame_exactly_as_h11(monkeypatch):
     monkeypatch.setattr(http1, "_fast_request", counted(fast_request))
     monkeypatch.setattr(http1, "_fast_response", counted(fast_response))
     with_httptools = outputs()
-    monkeypatch.setattr(http1, "_split_head", lambda buf: -1)  # every head to h11
+    monkeypatch.setattr(http1._Pending, "head_length", lambda self: -1 if self.data else 0)  # all to h11
     h11_only = outputs()
     assert sum(taken) > 1000 and taken.count(False) > 1000  # both paths were exercised
     for c, a, b in zip(captures, with_httptools, h11_only):
@@ -630,3 +630,29 @@ def test_pipelined_requests_that_need_h11_do_not_recurse():
     assert len(of_type(out, "http")) == 5000
     assert p.stats["http.requests"] == 5000
     assert "errors.http" not in p.stats
+
+
+def test_large_head_one_byte_per_read_is_parsed():
+    head = get("/big", headers={"X-Big": "v" * 100_000})
+    c = Capture()
+    for i in range(len(head)):
+        c.send(head[i:i + 1])
+    c.recv(response(200, b"ok"))
+    h = one_http(run(c.events)[0])
+    assert (h["path"], h["status"], h["response_size"]) == ("/big", 200, 2)
+
+
+def test_waiting_for_a_head_resumes_the_search_where_it_stopped():
+    from agentsight.analyzers.http1 import _Pending
+
+    head = get("/x", headers={"X-A": "a" * 5000})
+    pending = _Pending()
+    for i in range(len(head) - 1):
+        pending.add(head[i:i + 1])
+        assert pending.head_length() == 0
+        # appended in place, and the next search starts just before the new bytes
+        assert isinstance(pending.data, bytearray) or i == 0
+        assert pending.scan == max(0, i + 1 - 3)
+    pending.add(head[-1:])
+    assert pending.head_length() == len(head)
+    assert pending.take() == head and pending.data == b"" and pending.scan == 0

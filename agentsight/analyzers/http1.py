@@ -174,21 +174,54 @@ class _Head:
         self.complete += 1
 
 
-def _split_head(buf: bytes) -> int:
-    """The length of the head at the start of ``buf``: > 0 when it is there
-    whole, 0 when more bytes are needed, -1 when only h11 should read it (a
-    bare-LF line ending, a control byte or space first, or no end within the
-    limit)."""
-    if buf and buf[0] < 0x21:  # h11 rejects this at once, before the head is whole
-        return -1
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEADER_BYTES or b"\n\n" in buf:
+class _Pending:
+    """The bytes of one direction at a message boundary, held until a whole
+    head is there.  The search for its end resumes where it stopped, so a
+    head that arrives a byte per read still costs linear time."""
+
+    __slots__ = ("data", "scan")
+
+    def __init__(self) -> None:
+        self.data: bytes | bytearray = b""
+        self.scan = 0
+
+    def set(self, data: bytes) -> None:
+        self.data = data
+        self.scan = 0
+
+    def add(self, data: bytes) -> None:
+        if not self.data:
+            self.data = data
+            return
+        if type(self.data) is bytes:
+            self.data = bytearray(self.data)
+        self.data += data
+
+    def take(self) -> bytes:
+        data = self.data
+        self.set(b"")
+        return data if type(data) is bytes else bytes(data)
+
+    def head_length(self) -> int:
+        """The length of the head at the start: > 0 when it is there whole, 0
+        when more bytes are needed, -1 when only h11 should read it (a bare-LF
+        line ending, a control byte or space first, or no end within the
+        limit)."""
+        buf = self.data
+        if not buf:
+            return 0
+        if buf[0] < 0x21:  # h11 rejects this at once, before the head is whole
             return -1
-        return 0
-    if b"\n\n" in buf[:end]:
-        return -1
-    return end + 4
+        start = self.scan
+        end = buf.find(b"\r\n\r\n", start)
+        if buf.find(b"\n\n", start, len(buf) if end < 0 else end) >= 0:
+            return -1
+        if end < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                return -1
+            self.scan = max(0, len(buf) - 3)
+            return 0
+        return end + 4
 
 
 def _parse_head(parser: Any, head: bytes) -> _Head | None:
@@ -284,7 +317,8 @@ class _H1Conn:
     __slots__ = ("key", "pid", "conn", "side", "stats", "req", "resp", "req_broken",
                  "resp_broken", "cur_req", "req_start", "req_tid", "req_comm",
                  "queue", "cur_resp", "req_lost", "resp_lost", "dead", "last_ts",
-                 "chunked", "body_left", "keep", "head", "req_left", "req_buf", "resp_buf")
+                 "chunked", "body_left", "keep", "head", "req_left", "req_pending",
+                 "resp_pending")
 
     def __init__(self, ev: Event, stats: Stats) -> None:
         self.key: ConnKey = ev["key"]
@@ -292,12 +326,12 @@ class _H1Conn:
         self.conn: int = ev["conn"]
         self.side: str = ev.get("side", "client")
         self.stats = stats
-        # None: at a message boundary, the bytes so far in req_buf/resp_buf
-        # (see _fast_request); an h11 parser only for heads that need one.
+        # None: at a message boundary, the bytes so far in req_pending /
+        # resp_pending (see _fast_request); h11 only for heads that need it.
         self.req: h11.Connection | None = None
         self.resp: h11.Connection | None = None
-        self.req_buf = b""
-        self.resp_buf = b""
+        self.req_pending = _Pending()
+        self.resp_pending = _Pending()
         self.req_broken = False
         self.resp_broken = False
         self.cur_req: _Exchange | None = None
@@ -328,7 +362,7 @@ class _H1Conn:
         if self.req_broken:
             if data and classify_prefix(data[:24]) == REQUEST:
                 self.req = None
-                self.req_buf = b""
+                self.req_pending.set(b"")
                 self.req_broken = False
                 self.req_lost = None
                 self.req_left = 0
@@ -355,7 +389,7 @@ class _H1Conn:
                 return
         elif data:
             if self.req is None:
-                self.req_buf += data
+                self.req_pending.add(data)
             else:
                 self.req.receive_data(data)
         self._pump_req(ts, out)
@@ -374,18 +408,16 @@ class _H1Conn:
     def _fast_req(self, ts: int, out: list[Event]) -> bool:
         """Requests at message boundaries, for as long as they are plain;
         True when h11 is to parse the next one (then ``self.req`` is set)."""
+        pending = self.req_pending
         while True:
-            buf = self.req_buf
-            if not buf:
-                return False
-            n = _split_head(buf)
+            n = pending.head_length()
             if n == 0:
                 return False
+            buf = pending.take()
             fast = _fast_request(buf[:n]) if n > 0 else None
             if fast is None:
                 self.req = _new_req_parser()
                 self.req.receive_data(buf)
-                self.req_buf = b""
                 return True
             h, length = fast
             x = self._new_request(ts)
@@ -393,7 +425,6 @@ class _H1Conn:
             x.target = h.target
             x.headers = h.headers
             x.upgrade = [(k, v) for k, v in h.headers if k == b"connection"]
-            self.req_buf = b""
             self.req_left = length
             if not self._req_body(buf[n:], ts, out):
                 return False
@@ -424,7 +455,7 @@ class _H1Conn:
                     if req.their_state is h11.DONE and req.our_state is h11.DONE:
                         # the next request starts at a boundary, as after a body framed here
                         self.req = None
-                        self.req_buf = req.trailing_data[0]
+                        self.req_pending.set(req.trailing_data[0])
                         return True
                     return False  # closed or switched protocol: no more requests
                 t = type(e)
@@ -490,7 +521,7 @@ class _H1Conn:
         self._finish_req(ts, out)
         # h11 would answer with a dummy response and start the next cycle
         self.req = None
-        self.req_buf = rest
+        self.req_pending.set(rest)
         return True
 
     def _finish_req(self, ts: int, out: list[Event]) -> None:
@@ -522,7 +553,7 @@ class _H1Conn:
         if self.resp_broken:
             if data[:7] == b"HTTP/1.":
                 self.resp = None
-                self.resp_buf = b""
+                self.resp_pending.set(b"")
                 self.resp_broken = False
                 self.resp_lost = None
                 self.chunked = None
@@ -546,7 +577,7 @@ class _H1Conn:
                 return
         elif data:
             if self.resp is None:
-                self.resp_buf += data
+                self.resp_pending.add(data)
             else:
                 self.resp.receive_data(data)
         self._pump_resp(ts, out)
@@ -579,13 +610,12 @@ class _H1Conn:
                 if self.resp_lost:
                     x.incomplete = x.incomplete or self.resp_lost
                     self.resp_lost = None
-            buf = self.resp_buf
-            n = _split_head(buf) if eof is None else -1
+            n = self.resp_pending.head_length() if eof is None else -1
             if n == 0:
                 return False
+            buf = self.resp_pending.take()
             fast = _fast_response(buf[:n], x) if n > 0 else None
             if fast is None:
-                self.resp_buf = b""
                 self.resp = _new_resp_parser()
                 self.resp.send(_request_line(x))
                 self.resp.send(_EOM)
@@ -595,7 +625,6 @@ class _H1Conn:
                     self.resp.receive_data(b"")
                 return True
             h, length = fast
-            self.resp_buf = b""
             x.responded = True
             out.append({"type": "http_response", "xid": x.xid, "key": self.key,
                         "ts": ts, "status": h.status_code, "headers": h.headers,
@@ -608,7 +637,7 @@ class _H1Conn:
             self.head = h
             if length == 0:
                 self._end(x, ts, out, x.incomplete)
-                self.resp_buf = buf[n:]
+                self.resp_pending.set(buf[n:])
             elif not self._body_data(buf[n:], ts, out):
                 return False
             elif self.resp is not None:  # trailer fields follow: h11 parses them
@@ -655,7 +684,7 @@ class _H1Conn:
                         if eof is None and not closed:
                             # the next response starts at a boundary
                             self.resp = None
-                            self.resp_buf = rest
+                            self.resp_pending.set(rest)
                             return True
                         resp.start_next_cycle()
                     else:
@@ -751,7 +780,7 @@ class _H1Conn:
             self._resp_closed(ts, out)
             return False
         self.resp = None
-        self.resp_buf = rest
+        self.resp_pending.set(rest)
         return True
 
     def _resume_chunked(self, x: _Exchange) -> h11.Connection:
