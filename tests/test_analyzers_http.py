@@ -323,6 +323,35 @@ def test_malformed_http_then_resync_on_next_request():
     assert [h["path"] for h in of_type(out, "http")][-1:] == ["/good"]
 
 
+def test_answers_to_unparsed_requests_are_dropped_not_held_or_misattributed():
+    c = Capture()
+    c.send(get("/a"))
+    c.recv(response(200, b"a"))
+    c.send(b"GET /bad HTTP/1.1\r\nHost: x\r\nBroken header line without colon\r\n\r\n")
+    for _ in range(300):
+        c.recv(response(400, b"b" * 1000))
+    c.send(get("/c"))
+    c.recv(response(201, b"c"))
+    out, p = run(c.events)
+    assert [(h["path"], h["status"], h["response_size"]) for h in of_type(out, "http")] == [
+        ("/a", 200, 1), ("/c", 201, 1)]
+    assert p.stats["skipped.unanswered_responses"] == 300
+    assert p.stats["skipped.bytes"] == 300 * len(response(400, b"b" * 1000))
+
+
+def test_response_bytes_nobody_asked_for_are_not_held_without_limit():
+    c = Capture()
+    c.send(get("/a"))
+    c.recv(response(200, b"a"))
+    for _ in range(5):  # no request: a peer sending on its own, 1.5 MB of it
+        c.recv(b"x" * 300_000)
+    c.send(get("/b"))
+    c.recv(response(200, b"b"))
+    out, p = run(c.events)
+    assert [(h["path"], h["status"]) for h in of_type(out, "http")] == [("/a", 200), ("/b", 200)]
+    assert p.stats["skipped.bytes"] >= 1_000_000
+
+
 def test_garbage_response_is_counted_and_call_reported_incomplete():
     c = Capture()
     c.send(get("/a"))

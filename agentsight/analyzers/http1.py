@@ -561,6 +561,18 @@ class _H1Conn:
             else:
                 self.stats["skipped.bytes"] += len(data)
                 return
+        if self.cur_resp is None and not self.queue and self.cur_req is None and self.resp is None:
+            held = len(self.resp_pending.data) + len(data)
+            if self.req_broken or held > MAX_HEADER_BYTES:
+                # Answers to requests that could not be parsed, or a pile of
+                # bytes no request asked for: matched with the next request
+                # they would be attributed wrongly, so they are counted and
+                # dropped until a read starts a response again.
+                self.stats["skipped.bytes"] += held
+                self.stats["skipped.unanswered_responses"] += 1
+                self.resp_pending.set(b"")
+                self.resp_broken = True
+                return
         if ev["gap"]:
             self._resp_lost("gap")
             if self.cur_resp is not None:
