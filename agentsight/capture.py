@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .bpf.object import detach_all
 from .bpf.preflight import check_can_trace
 from .bpf.ring import RingReader
 from .collectors.base import Collector
@@ -106,9 +107,7 @@ class Capture:
 
     def _finish(self, started: float) -> Summary:
         # Detach first so nothing new arrives, then take what is left.
-        for collector in self.collectors:
-            for obj in collector.objects:
-                obj.detach()
+        detach_all(obj for collector in self.collectors for obj in collector.objects)
         events = self.decoder.decode(self.reader.drain()) + self.decoder.flush()
         if events:
             self.emit(events)

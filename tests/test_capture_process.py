@@ -114,3 +114,55 @@ def test_file_activity_and_connections_with_resolved_paths(capture, tmp_path):
     (connect,) = [e for e in by_type["connect"] if e["comm"] == "curl"]
     assert (connect["family"], connect["addr"], connect["port"]) == ("ipv4", "127.0.0.1", 9)
     assert "ready: process: exec, exit, fork, open, file, connect" in stderr
+
+
+def _link_ids() -> set[int]:
+    """Ids of the BPF links this process holds open."""
+    ids = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("link_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
+
+
+def test_detaching_destroys_every_link_and_stops_the_programs(tmp_path):
+    from agentsight.bpf.object import detach_all
+    from agentsight.bpf.ring import RingReader
+    from agentsight.collectors.base import Filters
+    from agentsight.collectors.process import ProcessCollector
+
+    target = tmp_path / "f"
+    target.write_text("x")
+    # Opens the file once per line it reads (this process's own opens are never reported).
+    child = subprocess.Popen(["sh", "-c", f"while read x; do read y < {target}; echo done; done"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    before = _link_ids()
+    collector = ProcessCollector(Filters(pid=child.pid), 1 << 20, 1 << 16)
+    reader = RingReader()
+
+    def opens_seen() -> int:
+        child.stdin.write("go\n")
+        assert child.stdout.readline() == "done\n"
+        return len(reader.poll(0))
+
+    try:
+        collector.start()
+        obj = collector.objects[0]
+        reader.add(obj)
+        attached = _link_ids() - before
+        assert len(attached) == obj.link_count >= 20  # lifecycle and syscall tracepoints
+        assert opens_seen() > 0
+        detach_all(collector.objects)
+        assert obj.link_count == 0
+        assert _link_ids() == before
+        assert opens_seen() == 0
+    finally:
+        reader.close()
+        collector.close()
+        child.stdin.close()
+        child.wait(5)
