@@ -250,6 +250,7 @@ def tracefs():
 
 # --- tracers under test -----------------------------------------------------------------
 _SUMMARY_EVENTS = re.compile(r"stopped after ([\d.]+) s: (\d+) events \(([^)]*)\)")
+_FLOOR_TAKEN = re.compile(r"records taken: (\d+)")
 _SUMMARY_LOST = re.compile(r"lost in the ring buffer: (\d+) records \((\d+) bytes")
 
 
@@ -306,8 +307,9 @@ class Agentsight:
 
 class FloorProbes(Agentsight):
     """bench/workers/floor_probes.py MODE: probes at agentsight's attach
-    points with nothing (`empty`), no consumer (`unread`) or the least
-    consumer (`drain`: records copied out and dropped) behind them."""
+    points with nothing (`empty`), no consumer (`unread`), the least
+    consumer (`drain`: records copied out and dropped), or that consumer
+    spending a set CPU time per record (`work:US`) behind them."""
 
     def __init__(self, mode: str, obj: str | None = None, timeout: float = 60.0):
         super().__init__([mode] + ([obj] if obj else []), timeout=timeout)
@@ -318,11 +320,16 @@ class FloorProbes(Agentsight):
 
     def stop(self) -> dict:
         hwm = vm_hwm_kb(self.proc.pid)
+        cpu = cpu_seconds(self.proc.pid)
         t = time.monotonic()
         rc = end(self.proc, signal.SIGINT, timeout=60)
+        text = "".join(self.stderr)
         if rc != 0:
-            log(f"floor_probes {' '.join(self.args)} exited {rc}: {''.join(self.stderr)[-1500:]}")
-        return {"rc": rc, "ready_s": self.ready_s, "stop_s": time.monotonic() - t, "vm_hwm_kb": hwm}
+            log(f"floor_probes {' '.join(self.args)} exited {rc}: {text[-1500:]}")
+        taken = _FLOOR_TAKEN.search(text)
+        busy = cpu - self.cpu_at_ready if cpu is not None and self.cpu_at_ready is not None else None
+        return {"rc": rc, "ready_s": self.ready_s, "stop_s": time.monotonic() - t, "vm_hwm_kb": hwm,
+                "cpu_s": busy, "events": int(taken.group(1)) if taken else None}
 
 
 def parse_summary(text: str) -> dict:

@@ -13,7 +13,10 @@ empty probes at agentsight's attach points (the traps alone, the least any
 uprobe capture can cost); agentsight's BPF programs with nobody reading
 their ring (the kernel side, without the consumer competing for the CPUs);
 and the same ring drained as agentsight drains it, each record copied out
-and dropped (the least work any consumer of these records can do).
+and dropped (the least work any consumer of these records can do). A
+fourth condition drains the ring the same way and then spins a set CPU
+time per record, near trace's own: it shows how much of trace's ratio its
+CPU time per record explains, whatever the work is.
 
 Reported: the slowdown ratio (median time with / median time without).
 """
@@ -26,6 +29,11 @@ from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS,
                     NoTracer, Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
 
 PEER_SCRIPT_FUNCTIONS = {LIBSSL: LIBSSL_FUNCTIONS, NODE: NODE_FUNCTIONS}
+# Near what trace spends per record (its row "consumer CPU per event"), as
+# bare CPU: whatever trace's ratio has beyond this condition's is not the
+# CPU time its analysis takes but the way that work runs.
+WORK_US = 8
+WORK_FLOOR = f"ring drained, then {WORK_US} µs of CPU per record"
 
 
 def run(cfg: dict) -> dict:
@@ -46,6 +54,7 @@ def run(cfg: dict) -> dict:
             "floor: empty probes": lambda: FloorProbes("empty"),
             "floor: BPF, no consumer": lambda: FloorProbes("unread"),
             "floor: BPF, ring drained": lambda: FloorProbes("drain"),
+            WORK_FLOOR: lambda: FloorProbes(f"work:{WORK_US}"),
         }
         times = {s: {c: [] for c in clients} for s in sessions}
         stats = {s: [] for s in sessions}
@@ -106,7 +115,7 @@ def rows(res: dict) -> list[tuple]:
     out = []
     for name, row in res["clients"].items():
         for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)", "floor: empty probes",
-                  "floor: BPF, no consumer", "floor: BPF, ring drained"):
+                  "floor: BPF, no consumer", "floor: BPF, ring drained", WORK_FLOOR):
             if s in row:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
                 out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,

@@ -8,8 +8,11 @@
   drain    the same, its ring drained as agentsight drains it, each record
            copied out and dropped (the consumer's least possible work)
   decode   drain, then decode each record into an event and drop it
+  work:US  drain, then spin US microseconds of CPU per record taken (a
+           consumer whose analysis costs US per record, whatever it does)
 
-Prints `ready` on stderr once attached; detaches on SIGINT/SIGTERM.
+Prints `ready` on stderr once attached; detaches on SIGINT/SIGTERM, and
+then (modes that read the ring) `records taken: N`.
 Run as root from the repository: python3 bench/workers/floor_probes.py MODE [OBJECT]
 (OBJECT: another build of ssl.bpf.o for `unread`, to compare BPF changes).
 """
@@ -19,6 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,22 +41,41 @@ from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
 UNREAD_RING = 256 << 20  # larger than a benchmark round writes
 
 
-def consume(obj: BpfObject, stop: threading.Event, decode: bool) -> None:
+def consume(obj: BpfObject, stop: threading.Event, decode: bool, work_ns: int) -> int:
+    """Drains the ring until stopped; returns how many records it took."""
     reader = RingReader()
     decoder = RecordDecoder()
     reader.add(obj)
+    clock = time.perf_counter_ns
+    taken = 0
     try:
         while not stop.is_set():
             records = reader.poll(POLL_MS)
+            taken += len(records)
             if decode and records:
                 decoder.decode(records)
+            if work_ns and records:
+                until = clock() + work_ns * len(records)
+                while clock() < until:
+                    pass
     finally:
         reader.close()
+    return taken
 
 
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode not in ("empty", "unread", "drain", "decode"):
+    work_ns = 0
+    if mode.startswith("work:"):
+        try:
+            work_ns = round(float(mode[5:]) * 1000)
+        except ValueError:
+            work_ns = -1
+        if work_ns <= 0:
+            print("work:US needs a positive number of microseconds, e.g. work:8", file=sys.stderr)
+            return 2
+        mode = "work"
+    if mode not in ("empty", "unread", "drain", "decode", "work"):
         print(__doc__, file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -79,8 +102,9 @@ def main() -> int:
                 attach_tls_file(obj, f, "multi", entry=enter, ret=ret)
                 hooked.append(f.shown_path)
             print(f"ready: {mode} probes on {', '.join(hooked)}", file=sys.stderr, flush=True)
-            if mode in ("drain", "decode"):
-                consume(obj, stop, decode=mode == "decode")
+            if mode in ("drain", "decode", "work"):
+                taken = consume(obj, stop, decode=mode == "decode", work_ns=work_ns)
+                print(f"records taken: {taken}", file=sys.stderr, flush=True)
             else:
                 stop.wait()
         finally:
