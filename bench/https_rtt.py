@@ -15,8 +15,10 @@ their ring (the kernel side, without the consumer competing for the CPUs);
 and the same ring drained as agentsight drains it, each record copied out
 and dropped (the least work any consumer of these records can do). A
 fourth condition drains the ring the same way and then spins a set CPU
-time per record, near trace's own: it shows how much of trace's ratio its
-CPU time per record explains, whatever the work is.
+time per record, about trace's own: beside trace it tells whether trace's
+ratio is its CPU time per record alone or also the kind of work it is (a
+spin touches almost no memory; on this VM a busy vCPU can even speed the
+workload up, since it is never halted and woken).
 
 Reported: the slowdown ratio (median time with / median time without).
 """
@@ -29,9 +31,7 @@ from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS,
                     NoTracer, Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
 
 PEER_SCRIPT_FUNCTIONS = {LIBSSL: LIBSSL_FUNCTIONS, NODE: NODE_FUNCTIONS}
-# Near what trace spends per record (its row "consumer CPU per event"), as
-# bare CPU: whatever trace's ratio has beyond this condition's is not the
-# CPU time its analysis takes but the way that work runs.
+# About what trace spends per record (its row "consumer CPU per event").
 WORK_US = 8
 WORK_FLOOR = f"ring drained, then {WORK_US} µs of CPU per record"
 
