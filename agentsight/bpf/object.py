@@ -5,10 +5,10 @@ import errno
 import os
 import resource
 import struct
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..errors import AgentsightError
 from .libbpf import ffi, lib, strerror, take_log
