@@ -8,8 +8,8 @@
   drain    the same, its ring drained as agentsight drains it, each record
            copied out and dropped (the consumer's least possible work)
   decode   drain, then decode each record into an event and drop it
-  work:US  drain, then spin US microseconds of CPU per record taken (a
-           consumer whose analysis costs US per record, whatever it does)
+  work:US  drain, then spin US microseconds of CPU per record taken (the
+           CPU time of an analysis, without its memory traffic)
 
 Prints `ready` on stderr once attached; detaches on SIGINT/SIGTERM, and
 then (modes that read the ring) `records taken: N`.
@@ -70,7 +70,7 @@ def main() -> int:
     if mode.startswith("work:"):
         try:
             work_ns = round(float(mode[5:]) * 1000)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, nan, inf
             work_ns = -1
         if work_ns <= 0:
             print("work:US needs a positive number of microseconds, e.g. work:8", file=sys.stderr)
