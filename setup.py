@@ -1,7 +1,11 @@
 """Packaging that puts what agentsight needs at run time inside the wheel:
-the prebuilt BPF objects (prebuilt/*.bpf.o) and the build host's libbpf.so.1
-and libelf.so.1, so installs need no compiler, no kernel headers and no
-system libbpf. Build on a host with libbpf1 and libelf1 installed."""
+the prebuilt BPF objects (prebuilt/*.bpf.o) and the build host's libbpf.so.1,
+so installs need no compiler, no kernel headers and no system libbpf.
+
+A wheel built here loads libbpf's own dependencies (libelf, libz) from the
+host. scripts/build-wheel.sh makes the distributable one: auditwheel grafts
+those dependencies into it and gives it a manylinux tag. Build on a host
+with libbpf1 installed."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,11 +13,18 @@ from pathlib import Path
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel
+
 ROOT = Path(__file__).resolve().parent
-BUNDLED_LIBRARIES = ("libbpf.so.1", "libelf.so.1")
+BUNDLED_LIBRARIES = ("libbpf.so.1",)
 NOTICE = """Shared libraries bundled with agentsight, copied from the build host:
 libbpf.so.1  - libbpf, LGPL-2.1 OR BSD-2-Clause (https://github.com/libbpf/libbpf)
-libelf.so.1  - libelf from elfutils, LGPL-3.0-or-later OR GPL-2.0-or-later (https://sourceware.org/elfutils/)
+The distributable wheel (scripts/build-wheel.sh) also carries, in agentsight.libs/:
+libelf       - libelf from elfutils, LGPL-3.0-or-later OR GPL-2.0-or-later (https://sourceware.org/elfutils/)
+libz         - zlib, Zlib license (https://zlib.net/)
 """
 
 
@@ -25,7 +36,7 @@ def _system_library(soname: str) -> Path:
             return Path(path.strip()).resolve()
     raise SystemExit(
         f"building agentsight bundles {soname} from this host, but it is not installed: "
-        "apt-get install libbpf1 libelf1 (or the equivalent packages) and build again"
+        "apt-get install libbpf1 (or the equivalent package) and build again"
     )
 
 
@@ -33,6 +44,7 @@ class BuildPyWithNative(build_py):
     def run(self):
         super().run()
         native = Path(self.build_lib) / "agentsight" / "_native"
+        shutil.rmtree(native, ignore_errors=True)  # nothing left from an earlier build
         (native / "bpf").mkdir(parents=True, exist_ok=True)
         (native / "lib").mkdir(parents=True, exist_ok=True)
         objects = sorted((ROOT / "prebuilt").glob("*.bpf.o"))
@@ -45,6 +57,14 @@ class BuildPyWithNative(build_py):
         (native / "lib" / "NOTICE").write_text(NOTICE)
 
 
+class PlatformWheel(bdist_wheel):
+    """libbpf is loaded through cffi's ABI mode: the wheel depends on the
+    platform, never on a CPython version or ABI."""
+
+    def get_tag(self):
+        return ("py3", "none", super().get_tag()[2])
+
+
 class BinaryDistribution(Distribution):
     """The wheel carries x86-64 shared libraries: not a pure-Python wheel."""
 
@@ -52,4 +72,4 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithNative}, distclass=BinaryDistribution)
+setup(cmdclass={"build_py": BuildPyWithNative, "bdist_wheel": PlatformWheel}, distclass=BinaryDistribution)

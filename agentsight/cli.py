@@ -128,9 +128,9 @@ def _run_capture(collectors, output: str | None, duration: float | None, analysi
 
     sink = JsonlSink(output)
 
-    def emit(events: list[dict]) -> bool:
+    def write(events: list[dict]) -> bool:
         try:
-            sink.write_many(analysis(events) if analysis else events)
+            sink.write_many(events)
             sink.flush()
         except BrokenPipeError:
             # The reader of stdout went away (e.g. `| head`): stop quietly.
@@ -138,10 +138,13 @@ def _run_capture(collectors, output: str | None, duration: float | None, analysi
             return False
         return True
 
+    def emit(events: list[dict]) -> bool:
+        return write(analysis(events) if analysis else events)
+
     try:
         summary = Capture(collectors, emit).run(duration=duration, ready=_ready)
         if analysis:
-            emit(analysis.close())
+            write(analysis.close())
     finally:
         try:
             sink.close()

@@ -3,6 +3,11 @@
 # tests load real BPF programs and capture real local HTTPS traffic.
 #   sudo scripts/test.sh            # the whole suite
 #   sudo scripts/test.sh -k ssl     # extra arguments go to pytest
+#
+# Python packages come only from pyproject.toml: every run builds a new
+# virtualenv (AGENTSIGHT_TEST_VENV, default .test-venv in the checkout),
+# installs .[test] into it and runs pytest from it, so nothing the machine's
+# own interpreter happens to have can stand in for a missing declaration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,11 +17,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin"
+packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin
+          python3-venv mmdebstrap"
 # node and npm: any version will do; only install Debian's if there are none.
 command -v node >/dev/null || packages="$packages nodejs"
 command -v npm >/dev/null || packages="$packages npm"
-echo "scripts/test.sh: installing system packages: $packages"
+echo "scripts/test.sh: installing system packages:" $packages
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends $packages >/dev/null
 
@@ -32,7 +38,10 @@ fi
 export AGENTSIGHT_TEST_BUN="$bun_dir/package/bin/bun"
 
 PYTHON=${PYTHON:-python3}
-echo "scripts/test.sh: installing agentsight and its test dependencies"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
+venv=${AGENTSIGHT_TEST_VENV:-$PWD/.test-venv}
+echo "scripts/test.sh: a new virtualenv in $venv, with agentsight and its test dependencies"
+rm -rf "$venv"
+"$PYTHON" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test]"
 
-exec "$PYTHON" -m pytest "$@"
+exec "$venv/bin/python" -m pytest "$@"

@@ -45,3 +45,19 @@ def capture(tmp_path):
     yield start
     for run in started:
         run.kill()
+
+
+@pytest.fixture(scope="session")
+def distributable_wheel(tmp_path_factory):
+    """The wheel scripts/build-wheel.sh makes, built once per run."""
+    import subprocess
+
+    from support import REPO
+
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run(["bash", str(REPO / "scripts" / "build-wheel.sh"), str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    from pathlib import Path
+
+    return Path(built.stdout.strip().splitlines()[-1])

@@ -122,9 +122,12 @@ class RunningCapture:
     """`python -m agentsight ARGS -o FILE` in the background, ready to be stopped."""
 
     def __init__(self, args: list[str], output: Path, python: str = sys.executable,
-                 cwd: Path = REPO, wrapper: list[str] | None = None, env: dict | None = None):
+                 cwd: Path = REPO, wrapper: list[str] | None = None, env: dict | None = None,
+                 output_as_seen: str | None = None):
+        """`output_as_seen`: the output's path for agentsight, when it runs
+        under another root (a chroot) than the test that reads `output`."""
         self.output = output
-        cmd = (wrapper or []) + [python, "-m", "agentsight", *args, "-o", str(output)]
+        cmd = (wrapper or []) + [python, "-m", "agentsight", *args, "-o", output_as_seen or str(output)]
         self.proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.PIPE, text=True, env=env)
         self.stderr_lines: list[str] = []
         self._ready = threading.Event()

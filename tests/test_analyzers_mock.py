@@ -172,7 +172,7 @@ def test_gemini_endpoints(mock, encoding):
         r.raise_for_status()
         assert r.headers.get("content-encoding") == encoding
         content = r.content
-        if encoding == "zstd":  # this httpx2 does not decode zstd itself
+        if content[:4] == b"\x28\xb5\x2f\xfd":  # a zstd frame: httpx2 decodes zstd only where it has a decoder
             import zstandard
             content = zstandard.ZstdDecompressor().decompress(content)
         parts = json.loads(content)["candidates"][0]["content"]["parts"]

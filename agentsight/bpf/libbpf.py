@@ -1,13 +1,13 @@
 """cffi (ABI mode) bindings to the part of libbpf agentsight uses.
 
 ABI mode needs no compiler where agentsight is installed. The wheel carries
-its own libbpf.so.1 and libelf.so.1 in agentsight/_native/lib, so hosts and
+its own libbpf.so.1 in agentsight/_native/lib (the distributable wheel also
+carries libelf and libz, which auditwheel links it to), so hosts and
 containers without libbpf work; a source checkout falls back to the system
 copy. AGENTSIGHT_LIBBPF=/path/to/libbpf.so.1 overrides both.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -84,28 +84,19 @@ ffi = cffi.FFI()
 ffi.cdef(CDEF)
 
 
-def _candidates() -> list[tuple[str, list[str]]]:
-    """(libbpf path, libraries to preload first) in order of preference."""
+def _candidates() -> list[str]:
+    """libbpf paths in order of preference."""
     override = os.environ.get("AGENTSIGHT_LIBBPF")
     if override:
-        return [(override, [])]
-    found = []
+        return [override]
     bundled = NATIVE_DIR / "libbpf.so.1"
-    if bundled.exists():
-        preload = [str(p) for p in (NATIVE_DIR / "libelf.so.1", NATIVE_DIR / "libz.so.1") if p.exists()]
-        found.append((str(bundled), preload))
-    found.append(("libbpf.so.1", []))
-    return found
+    return ([str(bundled)] if bundled.exists() else []) + ["libbpf.so.1"]
 
 
 def _load():
     errors = []
-    for path, preload in _candidates():
+    for path in _candidates():
         try:
-            # Loaded by soname first, libbpf's own dependency on libelf.so.1
-            # then resolves to the copy shipped beside it.
-            for dep in preload:
-                ctypes.CDLL(dep, mode=ctypes.RTLD_GLOBAL)
             return ffi.dlopen(path), path
         except OSError as exc:
             errors.append(f"{path}: {exc}")
