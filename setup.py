@@ -42,6 +42,9 @@ def _system_library(soname: str) -> Path:
 
 class BuildPyWithNative(build_py):
     def run(self):
+        # A module deleted from the source must not live on in build/ and
+        # reach the next wheel.
+        shutil.rmtree(Path(self.build_lib) / "agentsight", ignore_errors=True)
         super().run()
         native = Path(self.build_lib) / "agentsight" / "_native"
         shutil.rmtree(native, ignore_errors=True)  # nothing left from an earlier build

@@ -23,11 +23,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 256K, 32M)") from None
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, redact: bool = True) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
     p.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
                    help="ring buffer size per BPF object, a power of two (default: 32M)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    if redact:
+        p.add_argument("--no-redact", action="store_true",
+                       help="keep API keys, tokens, cookies and passwords in the output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--uid", type=int, help="only this user id")
     trace.add_argument("--no-open", action="store_true", help="leave out file opens")
     trace.add_argument("--raw", metavar="FILE", help="also keep the raw events here, for `replay`")
-    trace.add_argument("--no-redact", action="store_true", help="keep API keys, tokens and cookies")
     trace.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
                        help="bytes captured per TLS call at most (default: 1M)")
     _add_common(trace)
@@ -73,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Run the analyzers over raw events recorded earlier (no root needed).")
     replay.add_argument("file", metavar="RAW.jsonl", help="raw events, one JSON object per line ('-': stdin)")
     replay.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
-    replay.add_argument("--no-redact", action="store_true", help="keep API keys, tokens and cookies")
+    replay.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    replay.add_argument("--no-redact", action="store_true",
+                        help="keep API keys, tokens, cookies and passwords in the output")
 
     record = sub.add_parser(
         "record", help="run or attach to an agent and record everything it does in a session file",
@@ -83,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [-o SESSION.db] (-- CMD [ARGS...] | --pid PID | --comm NAME)")
     record.add_argument("-o", "--output", metavar="SESSION.db",
                         help="session file to create (default: agentsight-DATE-TIME.db here)")
+    record.add_argument("--overwrite", action="store_true", help="replace the session file if it exists")
     who = record.add_mutually_exclusive_group()
     who.add_argument("--pid", type=int, help="attach to this running process and its descendants")
     who.add_argument("--comm", help="attach to processes with this name, and those started later")
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="every event of a session as JSON lines")
     export.add_argument("session", metavar="SESSION.db")
     export.add_argument("-o", "--output", metavar="FILE.jsonl", help="write here instead of stdout")
+    export.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
     proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
                           description="Capture process activity, as JSON lines.")
@@ -120,83 +127,79 @@ def _ready(description: str) -> None:
     print(f"ready: {description}", file=sys.stderr, flush=True)
 
 
-def _run_capture(collectors, output: str | None, duration: float | None, analysis=None) -> int:
-    """Runs the collectors into JSON lines; `analysis` (see _Analysis) turns raw
-    events into what is written."""
-    from .capture import Capture, print_summary
-    from .sinks.jsonl import JsonlSink
+def _note(text: str) -> None:
+    print(f"agentsight: note: {text}", file=sys.stderr)
 
-    sink = JsonlSink(output)
 
-    def write(events: list[dict]) -> bool:
-        try:
-            sink.write_many(events)
-            sink.flush()
-        except BrokenPipeError:
-            # The reader of stdout went away (e.g. `| head`): stop quietly.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return False
-        return True
+def run_pipeline(pipeline, duration: float | None = None, live: bool = True) -> int:
+    """Runs a pipeline the way the capture commands do: SIGINT and SIGTERM
+    stop it, and a summary of what was seen and lost goes to stderr."""
+    import signal
 
-    def emit(events: list[dict]) -> bool:
-        return write(analysis(events) if analysis else events)
+    from .collectors.live import print_losses
 
+    def on_signal(signum, _frame):
+        pipeline.stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    interval = sys.getswitchinterval()
+    if live:
+        # The TLS notice thread must get the interpreter quickly even while
+        # this one analyses a large batch (default: every 5 ms).
+        sys.setswitchinterval(0.001)
     try:
-        summary = Capture(collectors, emit).run(duration=duration, ready=_ready)
-        if analysis:
-            write(analysis.close())
+        outcome = pipeline.run(ready=_ready if live else None, duration=duration)
     finally:
-        try:
-            sink.close()
-        except BrokenPipeError:
-            pass
-    print_summary(summary)
-    if analysis:
-        analysis.report()
-    for collector in collectors:
-        for note in getattr(collector, "notes", []):
-            print(f"agentsight: note: {note}", file=sys.stderr)
-        if getattr(collector, "hooked_later", 0):
-            delays = sorted(collector.hook_delays_ms)
-            print(f"agentsight: {collector.name}: hooked {collector.hooked_later} more files while running "
-                  f"({delays[len(delays) // 2]:.1f} ms median from exec or open to hooked)", file=sys.stderr)
+        sys.setswitchinterval(interval)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if live:
+        print_losses(outcome.seconds, outcome.counts, outcome.losses)
+    report_outcome(pipeline, outcome)
     return 0
 
 
-class _Analysis:
-    """Raw events -> the analyzers' output; optionally keeps the raw events too."""
-
-    def __init__(self, redact: bool, raw_output: str | None):
-        from .analyzers import Pipeline, mask_event
-        from .sinks.jsonl import JsonlSink
-
-        if not redact:
-            print("agentsight: warning: --no-redact: API keys, tokens and cookies will appear in the output",
-                  file=sys.stderr)
-        self.pipeline = Pipeline(redact=redact)
-        # The raw file is masked too, keeping byte counts so it still replays.
-        self.mask = mask_event if redact else None
-        self.raw = JsonlSink(raw_output) if raw_output else None
-
-    def __call__(self, events: list[dict]) -> list[dict]:
-        if self.raw:
-            self.raw.write_many([self.mask(e) for e in events] if self.mask else events)
-        feed = self.pipeline.feed
-        out: list[dict] = []
-        for event in events:
-            out += feed(event)
-        return out
-
-    def close(self) -> list[dict]:
-        if self.raw:
-            self.raw.close()
-        return self.pipeline.close()
-
-    def report(self) -> None:
-        stats = self.pipeline.stats
-        shown = {k: v for k, v in sorted(stats.items()) if v and not k.startswith("events.")}
+def report_outcome(pipeline, outcome) -> None:
+    capture_keys = ("ring_full_records", "ring_full_bytes", "truncated_bytes", "bad_records", "read_faults",
+                    "calls_missed")
+    for note in pipeline.source.notes():
+        _note(note)
+    if pipeline.analysis is not None:
+        shown = {k: v for k, v in sorted(outcome.stats.items()) if v and not k.startswith("events.")}
         line = ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing skipped"
         print(f"agentsight: analysis: {line}", file=sys.stderr)
+    other = {k: v for k, v in outcome.losses.items() if k not in capture_keys and not k.startswith("bad_record: ")}
+    if other:
+        print("agentsight: also lost or cut: " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())),
+              file=sys.stderr)
+
+
+def _redact_warning(args) -> bool:
+    redact = not getattr(args, "no_redact", False)
+    if not redact:
+        print("agentsight: warning: --no-redact: API keys, tokens, cookies and passwords will appear in the output",
+              file=sys.stderr)
+    return redact
+
+
+def _capture(collectors, args, analyse: bool):
+    """The pipeline of a live capture command."""
+    from .analyzers import Analysis
+    from .analyzers.correlate import Correlator
+    from .collectors.live import LiveCapture
+    from .pipeline import Pipeline
+    from .sinks.base import DERIVED_KINDS, PROCESS_KINDS, RAW_KINDS
+    from .sinks.jsonl import JsonLinesSink
+
+    redact = _redact_warning(args)
+    if not analyse:
+        sinks = [JsonLinesSink(args.output, RAW_KINDS, args.overwrite)]
+        return Pipeline(LiveCapture(collectors), sinks, redact=redact)
+    sinks = [JsonLinesSink(args.output, PROCESS_KINDS | DERIVED_KINDS, args.overwrite)]
+    if getattr(args, "raw", None):
+        # The raw file is masked too, keeping byte counts so it still replays.
+        sinks.append(JsonLinesSink(args.raw, RAW_KINDS, args.overwrite))
+    return Pipeline(LiveCapture(collectors), sinks, analysis=Analysis(), correlator=Correlator(), redact=redact)
 
 
 def cmd_ssl(args) -> int:
@@ -205,7 +208,7 @@ def cmd_ssl(args) -> int:
 
     filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
     collector = SslCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), args.max_capture, args.binary)
-    return _run_capture([collector], args.output, args.duration)
+    return run_pipeline(_capture([collector], args, analyse=False), args.duration)
 
 
 def cmd_process(args) -> int:
@@ -214,7 +217,7 @@ def cmd_process(args) -> int:
 
     filters = Filters(pid=args.pid, comm=args.comm)
     collector = ProcessCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), opens=not args.no_open)
-    return _run_capture([collector], args.output, args.duration)
+    return run_pipeline(_capture([collector], args, analyse=False), args.duration)
 
 
 def cmd_probes(args) -> int:
@@ -278,48 +281,26 @@ def cmd_trace(args) -> int:
     # One ring for both: each ring's pages are mapped twice into this process.
     ssl = SslCollector(filters, args.ring_size, wakeup, args.max_capture,
                        shared_maps=lambda: {"events": process.objects[0].map_fd("events")})
-    collectors = [process, ssl]
-    return _run_capture(collectors, args.output, args.duration, _Analysis(not args.no_redact, args.raw))
+    return run_pipeline(_capture([process, ssl], args, analyse=True), args.duration)
 
 
 def cmd_replay(args) -> int:
-    import time
+    from .analyzers import Analysis
+    from .analyzers.correlate import Correlator
+    from .collectors.recorded import RecordedEvents
+    from .pipeline import Pipeline
+    from .sinks.base import DERIVED_KINDS, PROCESS_KINDS
+    from .sinks.jsonl import JsonLinesSink
 
-    import orjson
-
-    from .sinks.jsonl import JsonlSink
-
+    redact = _redact_warning(args)
+    source = RecordedEvents(args.file)
     try:
-        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
-    except OSError as exc:
-        raise AgentsightError(f"cannot read {args.file}: {exc.strerror}", exit_code=2) from None
-    analysis = _Analysis(not args.no_redact, None)
-    sink = JsonlSink(args.output)
-    bad_lines = lines = size = 0
-    started = last_progress = time.monotonic()
-    progress = sys.stderr.isatty()
-    with source:
-        for lines, line in enumerate(source, 1):
-            size += len(line)
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                if line.strip():
-                    bad_lines += 1
-                continue
-            sink.write_many(analysis([event]))
-            if progress and lines % 4096 == 0 and time.monotonic() - last_progress > 1:
-                last_progress = time.monotonic()
-                print(f"\ragentsight: replay: {lines} lines, {size / 1e6:.1f} MB", end="", file=sys.stderr)
-    sink.write_many(analysis.close())
-    sink.close()
-    if progress:
-        print(file=sys.stderr)
-    seconds = time.monotonic() - started
-    print(f"agentsight: replay: {lines} lines, {size / 1e6:.1f} MB in {seconds:.1f} s; "
-          f"{bad_lines} lines were not JSON", file=sys.stderr)
-    analysis.report()
-    return 0
+        sink = JsonLinesSink(args.output, PROCESS_KINDS | DERIVED_KINDS, args.overwrite)
+    except BaseException:
+        source.close()
+        raise
+    pipeline = Pipeline(source, [sink], analysis=Analysis(), correlator=Correlator(), redact=redact)
+    return run_pipeline(pipeline, live=False)
 
 
 def cmd_record(args) -> int:
@@ -333,7 +314,7 @@ def cmd_record(args) -> int:
     output = args.output or time.strftime("agentsight-%Y%m%d-%H%M%S.db")
     opts = RecordOptions(output=output, command=command or None, pid=args.pid, comm=args.comm,
                          ring_size=args.ring_size, wakeup_bytes=_wakeup_bytes(args.ring_size),
-                         live=not args.no_live)
+                         live=not args.no_live, overwrite=args.overwrite)
     return Recording(opts).run()
 
 
@@ -355,12 +336,21 @@ def cmd_export(args) -> int:
     from .sinks.session import open_session
     from .ui.report import export_events
 
+    from .sinks.files import create_private
+
     db = open_session(args.session)
-    if args.output:
-        with open(args.output, "wb") as out:
-            n = export_events(db, out)
-    else:
-        n = export_events(db, sys.stdout.buffer)
+    try:
+        if args.output:
+            with os.fdopen(create_private(args.output, args.overwrite), "wb") as out:
+                n = export_events(db, out)
+        else:
+            n = export_events(db, sys.stdout.buffer)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        raise AgentsightError(f"cannot write {args.output or 'stdout'}: {exc.strerror}") from None
     print(f"agentsight: exported {n} events", file=sys.stderr)
     return 0
 

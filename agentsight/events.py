@@ -1,249 +1,517 @@
-"""Binary layouts of the records the BPF programs write (csrc/events.h).
+"""The events agentsight produces, from the kernel to the sinks.
 
-Each layout is defined once, with construct. construct parses a record in
-tens of microseconds, too slow for the ring-buffer hot path, so FastLayout
-derives a struct.Struct from the same definition; tests check that both
-agree and that both match the BTF of the compiled objects.
+One dataclass per kind. Collectors produce the raw kinds (`TlsData` and the
+process events); the analyzers produce `HttpExchange` and `LlmCall`;
+correlation produces `Link` and `Unexplained`. Every event has `ts` (Unix
+time, ns) and a JSON form, `to_json()`, documented in docs/events.md; only
+sinks encode, and `from_json()` decodes a raw event at the edge of the
+program (`replay`, the public `analyze()`).
+
+Payloads stay bytes from the decoder to the sinks: `TlsData.data` is what
+the process wrote or read. Its JSON form carries it as `data` when it is
+UTF-8 and as `data_b64` otherwise.
 """
 from __future__ import annotations
 
-import struct
-from typing import Any
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
 
-from construct import (
-    Bytes,
-    FormatField,
-    Int8ul,
-    Int16ul,
-    Int32sl,
-    Int32ul,
-    Int64sl,
-    Int64ul,
-    Padded,
-    Padding,
-    Pass,
-    Renamed,
-    Struct,
-    this,
-)
+JsonValue = Any
+JsonObject = dict[str, Any]
 
-TASK_COMM_LEN = 16
-SSL_CHUNK = 16384
+__all__ = [
+    "Event", "RawEvent", "TlsData", "Exec", "Exit", "Fork", "Open", "FileOp", "Connect",
+    "HttpExchange", "LlmCall", "LlmResponse", "ToolCall", "ToolCallRef", "ProcessKey", "FileKey",
+    "Link", "Unexplained", "EventDecodeError", "from_json", "PROCESS_KINDS", "FILE_OPS",
+]
 
-EVENT_SSL, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_OPEN, EVENT_TLS_NOTICE, EVENT_FILE, EVENT_CONNECT = range(1, 9)
-FILE_OPS = {1: "unlink", 2: "rmdir", 3: "rename"}
-NOTICE_EXEC, NOTICE_OPEN = 1, 2
-KIND_OFFSET = 20  # offset of event_header.kind
 
-SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake",
-                 "gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "SSL_free", "gnutls_deinit",
-                 "ssl_write_internal", "ssl_read_internal")
-SSL_DIRECTIONS = ("send", "recv", "handshake", "close")
+class EventDecodeError(ValueError):
+    """A JSON object that is not a raw event of a known kind, or one whose
+    fields have the wrong types; the message names the field."""
 
-STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_missed", "read_faults")
 
-_HEADER = (
-    "ts_ns" / Int64ul,
-    "pid" / Int32ul,
-    "tid" / Int32ul,
-    "uid" / Int32ul,
-    "kind" / Int16ul,
-    Padding(2),
-    "comm" / Bytes(TASK_COMM_LEN),
-)
+def _get(d: JsonObject, key: str, kind: type, optional: bool = False) -> Any:
+    v = d.get(key)
+    if v is None and optional:
+        return None
+    # bool is an int subclass: never taken where a number is meant
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise EventDecodeError(f"{d.get('type')!r} event: {key!r} is {type(v).__name__}, not {kind.__name__}")
+    return v
 
-CONFIG = Struct(
-    "tgid" / Int32ul,
-    "follow" / Int32ul,
-    "uid" / Int32ul,
-    "filter_uid" / Int32ul,
-    "max_capture" / Int32ul,
-    "self_tgid" / Int32ul,
-    "wakeup_bytes" / Int64ul,
-    "comm" / Bytes(TASK_COMM_LEN),
-)
 
-SSL_EVENT = Struct(
-    *_HEADER,
-    "conn" / Int64ul,
-    "latency_ns" / Int64ul,
-    "ret" / Int64sl,
-    "len" / Int32ul,
-    "offset" / Int32ul,
-    "data_len" / Int32ul,
-    "truncated" / Int32ul,
-    "gap" / Int32ul,
-    "fn" / Int8ul,
-    "dir" / Int8ul,
-    "last" / Int8ul,
-    Padding(1),
-    "data" / Bytes(this.data_len),
-)
+def _int_or(d: JsonObject, key: str, default: int) -> int:
+    v = d.get(key, default)
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
 
-EXEC_EVENT = Struct(
-    *_HEADER,
-    "ppid" / Int32ul,
-    "filename_len" / Int32ul,
-    "args_len" / Int32ul,
-    "args_truncated" / Int32ul,
-    "cwd_len" / Int32ul,
-    "cwd_truncated" / Int32ul,
-    "filename" / Bytes(this.filename_len),
-    "args" / Bytes(this.args_len),
-    "cwd" / Bytes(this.cwd_len),
-)
 
-EXIT_EVENT = Struct(
-    *_HEADER,
-    "duration_ns" / Int64ul,
-    "exit_code" / Int32ul,
-    "ppid" / Int32ul,
-)
+@dataclass(slots=True)
+class RawEvent:
+    """What every collector event has: when, and which task."""
 
-FORK_EVENT = Struct(
-    *_HEADER,
-    "child_pid" / Int32ul,
-    Padding(4),
-)
+    kind: ClassVar[str] = "raw"
+    ts: int
+    pid: int
+    tid: int
+    comm: str
+    uid: int
 
-OPEN_EVENT = Struct(
-    *_HEADER,
-    "ret" / Int64sl,
-    "flags" / Int32sl,
-    "path_len" / Int32ul,
-    "resolved_len" / Int32ul,
-    "resolved_truncated" / Int32ul,
-    "path" / Bytes(this.path_len),
-    "resolved" / Bytes(this.resolved_len),
-)
+    def _head(self) -> JsonObject:
+        return {"type": self.kind, "ts": self.ts, "pid": self.pid, "tid": self.tid, "comm": self.comm,
+                "uid": self.uid}
 
-FILE_EVENT = Struct(
-    *_HEADER,
-    "ret" / Int64sl,
-    "op" / Int32ul,
-    "flags" / Int32ul,
-    "path_len" / Int32ul,
-    "path2_len" / Int32ul,
-    "dir_len" / Int32ul,
-    "dir2_len" / Int32ul,
-    "path" / Bytes(this.path_len),
-    "path2" / Bytes(this.path2_len),
-    "dir" / Bytes(this.dir_len),
-    "dir2" / Bytes(this.dir2_len),
-)
+    def to_json(self) -> JsonObject:
+        return self._head()
 
-CONNECT_EVENT = Struct(
-    *_HEADER,
-    "ret" / Int64sl,
-    "family" / Int16ul,
-    "port" / Int16ul,
-    Padding(4),
-    "addr" / Bytes(16),
-)
 
-TLS_NOTICE = Struct(
-    *_HEADER,
-    "what" / Int32ul,
-    "path_len" / Int32ul,
-    "path" / Bytes(this.path_len),
-)
+def _head_fields(d: JsonObject) -> tuple[int, int, int, str, int]:
+    pid = _get(d, "pid", int)
+    comm = d.get("comm", "")
+    return (_get(d, "ts", int), pid, _int_or(d, "tid", pid), comm if isinstance(comm, str) else "",
+            _int_or(d, "uid", 0))
 
-LAYOUTS = {
-    EVENT_SSL: SSL_EVENT,
-    EVENT_EXEC: EXEC_EVENT,
-    EVENT_EXIT: EXIT_EVENT,
-    EVENT_FORK: FORK_EVENT,
-    EVENT_OPEN: OPEN_EVENT,
-    EVENT_TLS_NOTICE: TLS_NOTICE,
-    EVENT_FILE: FILE_EVENT,
-    EVENT_CONNECT: CONNECT_EVENT,
+
+@dataclass(slots=True)
+class TlsData(RawEvent):
+    """One TLS library call: plaintext written (`send`) or read (`recv`), a
+    handshake, or the end of a session (`close`)."""
+
+    kind: ClassVar[str] = "ssl"
+    fn: str = ""
+    dir: str = "send"  # send, recv, handshake, close
+    conn: int = 0
+    len: int = 0
+    data: bytes = b""
+    truncated: int = 0  # bytes of this call not captured; they follow data
+    gap: int = 0  # bytes of this stream lost before this call
+    latency_ns: int = 0
+    ret: int = 0
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d.update(fn=self.fn, dir=self.dir, conn=self.conn, len=self.len, truncated=self.truncated, gap=self.gap,
+                 latency_ns=self.latency_ns, ret=self.ret)
+        try:
+            d["data"] = self.data.decode()
+        except UnicodeDecodeError:
+            d["data_b64"] = base64.b64encode(self.data).decode()
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> TlsData:
+        text = d.get("data")
+        if isinstance(text, str):
+            data = text.encode("utf-8", "surrogatepass")
+        elif isinstance(d.get("data_b64"), str):
+            try:
+                data = binascii.a2b_base64(d["data_b64"])
+            except (binascii.Error, ValueError) as exc:
+                raise EventDecodeError(f"'ssl' event: 'data_b64' is not base64 ({exc})") from None
+        elif text is None and not d.get("len"):
+            data = b""
+        else:
+            raise EventDecodeError("'ssl' event: neither 'data' nor 'data_b64' holds its bytes")
+        direction = _get(d, "dir", str)
+        if direction not in ("send", "recv", "handshake", "close"):
+            raise EventDecodeError(f"'ssl' event: 'dir' is {direction!r}")
+
+        def count(key: str) -> int:
+            return max(_int_or(d, key, 0), 0)
+
+        fn = d.get("fn", "")
+        return cls(*_head_fields(d), fn=fn if isinstance(fn, str) else "", dir=direction,
+                   conn=_get(d, "conn", int), len=count("len"), data=data, truncated=count("truncated"),
+                   gap=count("gap"), latency_ns=count("latency_ns"),
+                   ret=_int_or(d, "ret", 0))
+
+
+@dataclass(slots=True)
+class Exec(RawEvent):
+    kind: ClassVar[str] = "exec"
+    ppid: int = 0
+    filename: str = ""
+    argv: list[str] = field(default_factory=list)
+    argv_truncated: bool = False
+    cwd: str = ""
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d.update(ppid=self.ppid, filename=self.filename, argv=self.argv, argv_truncated=self.argv_truncated,
+                 cwd=self.cwd)
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> Exec:
+        argv = d.get("argv") or []
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise EventDecodeError("'exec' event: 'argv' is not a list of strings")
+        return cls(*_head_fields(d), ppid=_int_or(d, "ppid", 0),
+                   filename=d.get("filename") if isinstance(d.get("filename"), str) else "",
+                   argv=argv, argv_truncated=bool(d.get("argv_truncated")),
+                   cwd=d.get("cwd") if isinstance(d.get("cwd"), str) else "")
+
+
+@dataclass(slots=True)
+class Exit(RawEvent):
+    """A process ended (its last thread left; `tid` is that thread)."""
+
+    kind: ClassVar[str] = "exit"
+    exit_code: int | None = None
+    signal: int | None = None
+    core_dumped: bool = False
+    duration_ns: int = 0
+    ppid: int = 0
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d.update(exit_code=self.exit_code, signal=self.signal, core_dumped=self.core_dumped,
+                 duration_ns=self.duration_ns, ppid=self.ppid)
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> Exit:
+        return cls(*_head_fields(d), exit_code=_get(d, "exit_code", int, optional=True),
+                   signal=_get(d, "signal", int, optional=True), core_dumped=bool(d.get("core_dumped")),
+                   duration_ns=_int_or(d, "duration_ns", 0), ppid=_int_or(d, "ppid", 0))
+
+
+@dataclass(slots=True)
+class Fork(RawEvent):
+    """A new process (not a thread)."""
+
+    kind: ClassVar[str] = "fork"
+    child_pid: int = 0
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d["child_pid"] = self.child_pid
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> Fork:
+        return cls(*_head_fields(d), child_pid=_get(d, "child_pid", int))
+
+
+@dataclass(slots=True)
+class Open(RawEvent):
+    kind: ClassVar[str] = "open"
+    path: str = ""
+    resolved: str | None = None  # absolute, as the process sees it; None when the open failed
+    flags: int = 0
+    ret: int = 0  # the fd, or -errno
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d.update(path=self.path, resolved=self.resolved, flags=self.flags, ret=self.ret)
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> Open:
+        return cls(*_head_fields(d), path=_get(d, "path", str), resolved=_get(d, "resolved", str, optional=True),
+                   flags=_int_or(d, "flags", 0), ret=_get(d, "ret", int))
+
+
+FILE_OPS = ("unlink", "rmdir", "rename")
+
+
+@dataclass(slots=True)
+class FileOp(RawEvent):
+    """unlink, rmdir or rename; `kind` in the JSON form is the operation."""
+
+    kind: ClassVar[str] = "file"
+    op: str = "unlink"
+    path: str = ""
+    resolved: str | None = None
+    new_path: str | None = None  # rename only
+    new_resolved: str | None = None
+    flags: int = 0
+    ret: int = 0
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d["type"] = self.op
+        d.update(path=self.path, resolved=self.resolved)
+        if self.op == "rename":
+            d.update(new_path=self.new_path, new_resolved=self.new_resolved)
+        d.update(flags=self.flags, ret=self.ret)
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> FileOp:
+        return cls(*_head_fields(d), op=d["type"], path=_get(d, "path", str),
+                   resolved=_get(d, "resolved", str, optional=True),
+                   new_path=_get(d, "new_path", str, optional=True),
+                   new_resolved=_get(d, "new_resolved", str, optional=True),
+                   flags=_int_or(d, "flags", 0), ret=_get(d, "ret", int))
+
+
+@dataclass(slots=True)
+class Connect(RawEvent):
+    kind: ClassVar[str] = "connect"
+    family: str = "ipv4"
+    addr: str = ""
+    port: int = 0
+    ret: int = 0
+
+    def to_json(self) -> JsonObject:
+        d = self._head()
+        d.update(family=self.family, addr=self.addr, port=self.port, ret=self.ret)
+        return d
+
+    @classmethod
+    def from_json(cls, d: JsonObject) -> Connect:
+        return cls(*_head_fields(d), family=_get(d, "family", str), addr=_get(d, "addr", str),
+                   port=_get(d, "port", int), ret=_get(d, "ret", int))
+
+
+PROCESS_KINDS: tuple[type[RawEvent], ...] = (Exec, Exit, Fork, Open, FileOp, Connect)
+_FROM_JSON: dict[str, Any] = {
+    "ssl": TlsData.from_json, "exec": Exec.from_json, "exit": Exit.from_json, "fork": Fork.from_json,
+    "open": Open.from_json, "unlink": FileOp.from_json, "rmdir": FileOp.from_json, "rename": FileOp.from_json,
+    "connect": Connect.from_json,
 }
 
-# The C struct names behind each layout, for the BTF comparison.
-C_NAMES = {
-    "struct config": CONFIG,
-    "struct ssl_event": SSL_EVENT,
-    "struct exec_event": EXEC_EVENT,
-    "struct exit_event": EXIT_EVENT,
-    "struct fork_event": FORK_EVENT,
-    "struct open_event": OPEN_EVENT,
-    "struct tls_notice": TLS_NOTICE,
-    "struct file_event": FILE_EVENT,
-    "struct connect_event": CONNECT_EVENT,
-}
+
+def from_json(d: Any) -> RawEvent:
+    """A raw event from its JSON form (docs/events.md). Raises
+    EventDecodeError for anything else."""
+    if not isinstance(d, dict):
+        raise EventDecodeError(f"not a JSON object but {type(d).__name__}")
+    kind = d.get("type")
+    decode = _FROM_JSON.get(kind) if isinstance(kind, str) else None
+    if decode is None:
+        raise EventDecodeError(f"unknown event type {str(kind)[:40]!r}")
+    try:
+        event: RawEvent = decode(d)
+    except KeyError as exc:
+        raise EventDecodeError(f"{kind!r} event: no {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, EventDecodeError):
+            raise
+        raise EventDecodeError(f"{kind!r} event: {exc}") from None
+    return event
 
 
-class RecordError(ValueError):
-    """A record shorter or longer than its layout says."""
+# -- what the analyzers make of it ----------------------------------------------
 
 
-class FastLayout:
-    """A struct.Struct decoder derived from a construct Struct.
+@dataclass(slots=True)
+class HttpExchange:
+    """An HTTP exchange that is not an LLM call: only its shape is kept."""
 
-    Supports what the event layouts use: little-endian integers, fixed
-    Bytes, Padding, and trailing Bytes whose length is an earlier field.
-    decode() returns a tuple: the fixed fields in order, then each trailing
-    byte string.
-    """
+    kind: ClassVar[str] = "http"
+    ts: int  # ended_ns
+    method: str
+    host: str
+    path: str  # with the query string
+    status: int | None
+    request_size: int  # body bytes on the wire
+    response_size: int
+    started_ns: int
+    ended_ns: int
+    pid: int
+    tid: int
+    comm: str
+    conn: int
+    side: str  # "client", or "server" when the traced process answered
+    incomplete_reason: str | None = None
+    error: JsonObject | None = None
+    protocol: str = "http/1.1"
 
-    def __init__(self, layout: Struct):
-        fmt = "<"
-        names: list[str] = []
-        offsets: dict[str, int] = {}
-        tail: list[tuple[str, int]] = []
-        offset = 0
-        for sub in layout.subcons:
-            name = sub.name
-            inner = sub.subcon if isinstance(sub, Renamed) else sub
-            if isinstance(inner, Padded) and inner.subcon is Pass:
-                if tail:
-                    raise TypeError("padding after variable-length data")
-                fmt += f"{inner.length}x"
-                offset += inner.length
-            elif isinstance(inner, FormatField):
-                if tail:
-                    raise TypeError(f"fixed field {name} after variable-length data")
-                if inner.fmtstr[0] != "<":
-                    raise TypeError(f"{name}: only little-endian fields are supported")
-                offsets[name] = offset
-                fmt += inner.fmtstr[1:]
-                offset += inner.length
-                names.append(name)
-            elif isinstance(inner, Bytes) and isinstance(inner.length, int):
-                if tail:
-                    raise TypeError(f"fixed field {name} after variable-length data")
-                offsets[name] = offset
-                fmt += f"{inner.length}s"
-                offset += inner.length
-                names.append(name)
-            elif isinstance(inner, Bytes):
-                length_field = inner.length({n: n for n in names})
-                if length_field not in names:
-                    raise TypeError(f"{name}: length must be an earlier field")
-                tail.append((name, names.index(length_field)))
-            else:
-                raise TypeError(f"{name}: {inner!r} has no fast form")
-        self.struct = struct.Struct(fmt)
-        self.size = self.struct.size
-        self.names = tuple(names) + tuple(n for n, _ in tail)
-        self.offsets = offsets
-        # (trailing field, the fixed field holding its length)
-        self.tails = tuple((n, names[i]) for n, i in tail)
-        self._tail = tuple(i for _, i in tail)
+    @property
+    def incomplete(self) -> bool:
+        return self.incomplete_reason is not None
 
-    def decode(self, record: bytes) -> tuple[Any, ...]:
-        fixed = self.struct.unpack_from(record)
-        if not self._tail:
-            return fixed
-        pos = self.size
-        parts = []
-        for index in self._tail:
-            end = pos + fixed[index]
-            parts.append(record[pos:end])
-            pos = end
-        if pos > len(record):
-            raise RecordError(f"record of {len(record)} bytes announces {pos}")
-        return fixed + tuple(parts)
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {
+            "type": "http", "ts": self.ts, "method": self.method, "host": self.host, "path": self.path,
+            "status": self.status, "request_size": self.request_size, "response_size": self.response_size,
+            "started_ns": self.started_ns, "ended_ns": self.ended_ns, "pid": self.pid, "tid": self.tid,
+            "comm": self.comm, "conn": self.conn, "side": self.side,
+        }
+        if self.protocol != "http/1.1":
+            d["protocol"] = self.protocol
+        if self.incomplete_reason is not None:
+            d["incomplete"] = True
+            d["incomplete_reason"] = self.incomplete_reason
+        if self.error is not None:
+            d["error"] = self.error
+        return d
 
 
-FAST = {kind: FastLayout(layout) for kind, layout in LAYOUTS.items()}
+@dataclass(slots=True)
+class ToolCall:
+    """A tool the model asked to run: its id, name and parsed arguments."""
+
+    id: str | None
+    name: str | None
+    arguments: JsonValue
+
+    def to_json(self) -> JsonObject:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(slots=True)
+class LlmResponse:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    stop_reason: str | None = None
+    thinking: str | None = None
+    model: str | None = None  # as served
+    id: str | None = None
+
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {"text": self.text, "tool_calls": [t.to_json() for t in self.tool_calls],
+                         "stop_reason": self.stop_reason}
+        if self.thinking is not None:
+            d["thinking"] = self.thinking
+        if self.model is not None:
+            d["model"] = self.model
+        if self.id is not None:
+            d["id"] = self.id
+        return d
+
+
+@dataclass(slots=True)
+class LlmCall:
+    """One LLM API call: what was asked, what came back, and when."""
+
+    kind: ClassVar[str] = "llm_call"
+    ts: int  # ended_ns
+    provider: str  # anthropic, openai, gemini, unknown
+    api: str
+    model: str | None  # as requested
+    stream: bool
+    status: int | None
+    method: str
+    host: str
+    path: str
+    request: JsonValue  # the parsed JSON body
+    request_headers: dict[str, str]
+    response_headers: dict[str, str]
+    response: LlmResponse
+    usage: dict[str, int]
+    started_ns: int
+    first_token_ns: int | None
+    ended_ns: int
+    pid: int
+    tid: int
+    comm: str
+    conn: int
+    side: str
+    error: JsonObject | None = None
+    incomplete_reason: str | None = None
+    request_truncated: bool = False
+    analysis_error: str | None = None
+    protocol: str = "http/1.1"
+
+    @property
+    def incomplete(self) -> bool:
+        return self.incomplete_reason is not None
+
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {
+            "type": "llm_call", "ts": self.ts, "provider": self.provider, "api": self.api, "model": self.model,
+            "stream": self.stream, "status": self.status, "method": self.method, "host": self.host,
+            "path": self.path, "request": self.request, "request_headers": self.request_headers,
+            "response_headers": self.response_headers, "response": self.response.to_json(), "usage": self.usage,
+            "started_ns": self.started_ns, "first_token_ns": self.first_token_ns, "ended_ns": self.ended_ns,
+            "pid": self.pid, "tid": self.tid, "comm": self.comm, "conn": self.conn, "side": self.side,
+        }
+        if self.protocol != "http/1.1":
+            d["protocol"] = self.protocol
+        if self.error is not None:
+            d["error"] = self.error
+        if self.incomplete_reason is not None:
+            d["incomplete"] = True
+            d["incomplete_reason"] = self.incomplete_reason
+        if self.request_truncated:
+            d["request_truncated"] = True
+        if self.analysis_error is not None:
+            d["analysis_error"] = self.analysis_error
+        return d
+
+
+# -- what correlation makes of it -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessKey:
+    """One program a process ran: its pid and when it started running it
+    (the exec, or the fork for a process that never exec'd)."""
+
+    pid: int
+    start_ns: int
+
+    def to_json(self) -> JsonObject:
+        return {"pid": self.pid, "start_ns": self.start_ns}
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """One change to a file: by whom, when, what."""
+
+    pid: int
+    ts: int
+    op: str  # write, unlink, rmdir, rename
+    path: str | None
+
+    def to_json(self) -> JsonObject:
+        return {"pid": self.pid, "ts": self.ts, "op": self.op, "path": self.path}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRef:
+    """A tool call, by the LLM call that asked for it and its place there."""
+
+    llm_pid: int
+    llm_started_ns: int
+    index: int  # in the response's tool_calls
+    id: str | None
+
+    def to_json(self) -> JsonObject:
+        return {"llm_call": {"pid": self.llm_pid, "started_ns": self.llm_started_ns}, "index": self.index,
+                "id": self.id}
+
+
+@dataclass(slots=True)
+class Link:
+    """Activity a tool call caused, and the evidence that says so."""
+
+    kind: ClassVar[str] = "link"
+    ts: int
+    tool_call: ToolCallRef
+    target: ProcessKey | FileKey
+    evidence: dict[str, str | float]
+
+    @property
+    def target_kind(self) -> str:
+        return "process" if isinstance(self.target, ProcessKey) else "file"
+
+    def to_json(self) -> JsonObject:
+        return {"type": "link", "ts": self.ts, "tool_call": self.tool_call.to_json(), "kind": self.target_kind,
+                "target": self.target.to_json(), "evidence": self.evidence}
+
+
+@dataclass(slots=True)
+class Unexplained:
+    """Activity of the agent's process tree that no tool call explains."""
+
+    kind: ClassVar[str] = "unexplained"
+    ts: int
+    target: ProcessKey | FileKey
+    reason: str
+
+    @property
+    def target_kind(self) -> str:
+        return "process" if isinstance(self.target, ProcessKey) else "file"
+
+    def to_json(self) -> JsonObject:
+        return {"type": "unexplained", "ts": self.ts, "kind": self.target_kind, "target": self.target.to_json(),
+                "reason": self.reason}
+
+
+Event = Union[TlsData, Exec, Exit, Fork, Open, FileOp, Connect, HttpExchange, LlmCall, Link, Unexplained]

@@ -11,16 +11,17 @@ import time
 from dataclasses import dataclass
 
 from . import __version__
-from .analyzers import Pipeline
-from .analyzers.correlate import correlate
-from .capture import Capture, print_summary
+from .analyzers import Analysis
+from .analyzers.correlate import Correlator
 from .collectors.base import Filters
+from .collectors.live import LiveCapture, print_losses
 from .collectors.process import ProcessCollector
 from .collectors.ssl import SslCollector
 from .errors import AgentsightError
+from .pipeline import Pipeline
+from .sinks.base import Sink
 from .sinks.session import SessionWriter
-from .ui.live import LiveView
-from .ui.report import load_correlation_input
+from .ui.live import LiveStatus
 
 # After Ctrl-C, how long the recorded command gets to finish (it saw the
 # Ctrl-C too) before the recording stops without it.
@@ -36,6 +37,7 @@ class RecordOptions:
     ring_size: int = 32 << 20
     wakeup_bytes: int = 256 << 10
     live: bool = True
+    overwrite: bool = False
 
 
 def invoking_user_kwargs() -> dict:
@@ -130,13 +132,11 @@ def pids_named(comm: str) -> set[int]:
 
 
 class Recording:
-    def __init__(self, opts: RecordOptions):
+    def __init__(self, opts: RecordOptions, extra_sinks: list[Sink] | None = None):
         self.opts = opts
         self.child: HeldChild | None = None
         self.root_pids: set[int] = set()
-        self.stop_reason = "complete"
         self._interrupted_at: float | None = None
-        self._capture: Capture | None = None
         if opts.command:
             user_kwargs = invoking_user_kwargs()
             path = (user_kwargs.get("env") or os.environ).get("PATH")
@@ -144,8 +144,10 @@ class Recording:
                 raise AgentsightError(f"{opts.command[0]}: command not found", exit_code=127)
             self._user_kwargs = user_kwargs
         what = {"command": opts.command} if opts.command else {"pid": opts.pid, "comm": opts.comm}
-        self.session = SessionWriter(opts.output, {"agentsight": __version__, "host": platform.node(), **what})
-        self.live = LiveView(sys.stderr) if opts.live else None
+        self.session = SessionWriter(opts.output, {"agentsight": __version__, "host": platform.node(), **what},
+                                     overwrite=opts.overwrite)
+        self.live = LiveStatus(sys.stderr) if opts.live else None
+        self.extra_sinks = list(extra_sinks or [])
 
     def run(self) -> int:
         opts = self.opts
@@ -154,101 +156,82 @@ class Recording:
         ssl = SslCollector(filters, opts.ring_size, opts.wakeup_bytes,
                            shared_maps=lambda: {"traced": process.traced_map_fd(),
                                                 "events": process.objects[0].map_fd("events")})
-        self.pipeline = Pipeline(redact=True)
-        capture = self._capture = Capture([process, ssl], self._emit, idle=self._idle)
-        summary = None
+        self.process = process
+        self.correlator = Correlator(roots=set())
+        self.capture = LiveCapture([process, ssl])
+        sinks: list[Sink] = [self.session, *self.extra_sinks]
+        if self.live is not None:
+            sinks.append(self.live)
+        self.pipeline = Pipeline(self.capture, sinks, analysis=Analysis(), correlator=self.correlator,
+                                 describe_end=self._end_meta)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)  # the TLS notice thread gets the interpreter quickly
+        outcome = None
         try:
-            summary = capture.run(ready=lambda desc: self._start(process, desc), on_signal=self._on_signal)
-            self._emit_derived(self.pipeline.close())
+            outcome = self.pipeline.run(ready=self._start, should_stop=self._should_stop)
         finally:
-            if self.live:
-                self.live.close()
-            self._finish(summary)
-        if summary:
-            print_summary(summary)
+            sys.setswitchinterval(interval)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.live is not None:
+                self.live.restore()
+            if outcome is None:  # the session must still say it ended
+                try:
+                    self.session.close(status="stopped: agentsight failed", **self._end_meta())
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+        print_losses(outcome.seconds, outcome.counts, outcome.losses)
+        for note in self.capture.notes():
+            print(f"agentsight: note: {note}", file=sys.stderr)
         print(f"agentsight: session written to {opts.output}; see it with: agentsight report {opts.output}",
               file=sys.stderr)
         return self._exit_status()
 
     # --- starting and stopping ---
 
-    def _start(self, process: ProcessCollector, description: str) -> None:
+    def _start(self, description: str) -> None:
         print(f"ready: {description}", file=sys.stderr, flush=True)
         if self.opts.command:
             self.child = HeldChild(self.opts.command, self._user_kwargs)
             self.root_pids = {self.child.pid}
-            process.trace_pids(self.root_pids)
+            self.process.trace_pids(self.root_pids)
             self.child.release()
         else:
-            roots = {self.opts.pid} if self.opts.pid else pids_named(self.opts.comm)
+            roots = {self.opts.pid} if self.opts.pid else pids_named(self.opts.comm or "")
             self.root_pids = descendants(roots)
-            process.trace_pids(self.root_pids)
-        if self.live:
-            self.live.start()
+            self.process.trace_pids(self.root_pids)
+        self.correlator.set_roots(self.root_pids)
+        self.session.set_meta(root_pids=sorted(self.root_pids))
+        if self.live is not None:
+            self.live.start(self._lost_records)
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGINT and self.child is not None and self.child.poll() is None:
             # The command got the Ctrl-C as well; give it a moment to finish.
             self._interrupted_at = time.monotonic()
-            self.stop_reason = "stopped: interrupted (SIGINT)"
+            self.pipeline.stop_reason = "interrupted (SIGINT)"
             return
-        self.stop_reason = f"stopped: {signal.Signals(signum).name}"
-        self._capture.stop()
+        self.pipeline.stop(signal.Signals(signum).name)
 
-    def _idle(self) -> None:
-        self.session.maybe_commit()
-        if self.live:
-            self.live.draw(self.session, self._lost_records)
+    def _should_stop(self) -> bool:
         if self.child is not None:
             if self.child.poll() is not None:
-                self._capture.stop()
-            elif self._interrupted_at and time.monotonic() - self._interrupted_at > INTERRUPT_GRACE_SECONDS:
-                self._capture.stop()
-        elif self.opts.pid and not os.path.exists(f"/proc/{self.opts.pid}"):
-            self._capture.stop()
+                return True
+            return bool(self._interrupted_at and time.monotonic() - self._interrupted_at > INTERRUPT_GRACE_SECONDS)
+        return bool(self.opts.pid and not os.path.exists(f"/proc/{self.opts.pid}"))
 
     def _lost_records(self) -> int:
-        return sum(c.kernel_stats()["ring_full_records"] for c in self._capture.collectors) \
-            + self._capture.decoder.bad_records
+        losses = self.capture.losses()
+        return losses["ring_full_records"] + losses["bad_records"]
 
-    # --- events ---
-
-    def _emit(self, events: list[dict]) -> None:
-        self.session.write_raw(events)
-        feed = self.pipeline.feed
-        derived = []
-        for e in events:
-            derived += feed(e)
-        self._emit_derived(derived)
-
-    def _emit_derived(self, derived: list[dict]) -> None:
-        derived = [e for e in derived if e.get("type") in ("llm_call", "http")]
-        if derived:
-            self.session.write_derived(derived)
-            if self.live:
-                self.live.saw(derived)
-
-    def _finish(self, summary) -> None:
-        session = self.session
-        try:
-            llm_calls, processes, files = load_correlation_input(session.db)
-            result = correlate(llm_calls, processes, files, self.root_pids)
-            session.replace_links(result.links)
-        except Exception as exc:  # the session must be written whatever happens here
-            print(f"agentsight: linking tool calls to activity failed: {exc}", file=sys.stderr)
-        meta = {"status": self.stop_reason if self.stop_reason != "complete" else "complete",
-                "root_pids": sorted(self.root_pids)}
+    def _end_meta(self) -> dict:
+        meta: dict = {"root_pids": sorted(self.root_pids)}
         if self.child is not None:
             code = self.child.poll()
             meta["command_exit"] = code if code is None or code >= 0 else f"signal {-code}"
             meta["command_running_at_end"] = code is None
-        if summary is not None:
-            meta.update(lost_records=summary.ring_full_records, lost_bytes=summary.ring_full_bytes,
-                        truncated_bytes=summary.truncated_bytes, bad_records=summary.bad_records)
-        incomplete = self.pipeline.stats.get("llm.incomplete", 0)
-        meta["incomplete_llm_calls"] = incomplete
-        session.close(**meta)
-        _give_to_invoking_user(self.opts.output)
+        return meta
 
     def _exit_status(self) -> int:
         if self.child is None:
@@ -257,14 +240,3 @@ class Recording:
         if code is None:
             return 130 if self._interrupted_at else 1
         return code if code >= 0 else 128 - code
-
-
-def _give_to_invoking_user(path: str) -> None:
-    """The session belongs to whoever ran sudo, so they can read it without it."""
-    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
-    if os.geteuid() == 0 and uid and gid:
-        for p in (path, path + "-wal", path + "-shm"):
-            try:
-                os.chown(p, int(uid), int(gid))
-            except OSError:
-                pass

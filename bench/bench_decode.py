@@ -17,7 +17,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentsight.collectors.decode import RecordDecoder  # noqa: E402
-from agentsight.events import (  # noqa: E402
+from agentsight.collectors.records import (  # noqa: E402
     EVENT_EXEC, EVENT_OPEN, EVENT_SSL, EXEC_EVENT, FAST, KIND_OFFSET, LAYOUTS, OPEN_EVENT, SSL_EVENT,
 )
 

@@ -5,7 +5,7 @@ import base64
 import json
 from typing import Any, Iterable
 
-from agentsight.analyzers import Pipeline
+from agentsight.analyzers import Analysis
 
 
 class Capture:
@@ -120,9 +120,27 @@ def sse_response(frames: list[bytes], headers: dict[str, str] | None = None) -> 
     return response(200, chunks=frames, headers=h)
 
 
+class JsonAnalysis:
+    """The analysis chain fed raw events in their JSON form, its output in
+    JSON form too, as the commands read and write them."""
+
+    def __init__(self, redact: bool = True, **kw: Any) -> None:
+        self.analysis = Analysis(redact=redact, **kw)
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.analysis.feed(event)]
+
+    def close(self) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.analysis.close()]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.analysis.stats
+
+
 def run(events: Iterable[dict[str, Any]], redact: bool = True,
-        **kw: Any) -> tuple[list[dict[str, Any]], Pipeline]:
-    p = Pipeline(redact=redact, **kw)
+        **kw: Any) -> tuple[list[dict[str, Any]], JsonAnalysis]:
+    p = JsonAnalysis(redact=redact, **kw)
     out: list[dict[str, Any]] = []
     for e in events:
         out.extend(p.feed(e))

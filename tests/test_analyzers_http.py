@@ -12,10 +12,10 @@ import orjson
 import pytest
 import zstandard
 
-from agentsight.analyzers import Pipeline
 from agentsight.analyzers.encoding import BodyDecoder
 from agentsight.analyzers.reassembly import classify_prefix
-from llm_fixtures import Capture, cut, every, of_type, request, response, run
+from agentsight.events import from_json
+from llm_fixtures import JsonAnalysis, Capture, cut, every, of_type, request, response, run
 
 HOST = "example.com"
 
@@ -368,7 +368,7 @@ def test_process_exit_mid_response_reports_incomplete():
     c.send(get("/slow"))
     c.recv(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
     c.exit()
-    p = Pipeline()
+    p = JsonAnalysis()
     outs = [p.feed(e) for e in c.events]
     # the http event comes out when the exit is fed, before the exit itself
     assert [o["type"] for o in outs[-1]] == ["http", "exit"]
@@ -460,7 +460,7 @@ WEIRD = [
 
 
 def test_feed_never_raises_on_any_input():
-    p = Pipeline()
+    p = JsonAnalysis()
     for ev in WEIRD:
         assert isinstance(p.feed(ev), list)
     rnd = random.Random(3)
@@ -478,15 +478,17 @@ def test_feed_never_raises_on_any_input():
 
 def test_process_events_pass_through_unchanged_and_outputs_serialise():
     c = Capture()
-    exec_ev = {"type": "exec", "ts": 1, "pid": 7, "tid": 7, "comm": "sh", "uid": 0,
-               "filename": "/bin/sh", "argv": ["sh"], "argv_truncated": False, "ppid": 1}
+    exec_ev = {"type": "exec", "ts": 1, "pid": 7, "tid": 7, "comm": "sh", "uid": 0, "ppid": 1,
+               "filename": "/bin/sh", "argv": ["sh"], "argv_truncated": False, "cwd": "/tmp"}
     fork_ev = {"type": "fork", "ts": 2, "pid": 7, "tid": 7, "comm": "sh", "uid": 0,
                "child_pid": 8}
     open_ev = {"type": "open", "ts": 3, "pid": 7, "tid": 7, "comm": "sh", "uid": 0,
-               "path": "/etc/ssl/cert.pem", "flags": 0, "ret": 3}
-    p = Pipeline()
+               "path": "/etc/ssl/cert.pem", "resolved": "/etc/ssl/cert.pem", "flags": 0, "ret": 3}
+    p = JsonAnalysis()
     for ev in (exec_ev, fork_ev, open_ev):
         assert p.feed(dict(ev)) == [ev]
+    raw = from_json(dict(exec_ev))
+    assert p.analysis.feed(raw)[0] is raw  # the event itself, not a copy
     c.send(get())
     c.recv(response(200, b"ok"))
     out = [o for e in c.events for o in p.feed(e)] + p.close()
@@ -500,14 +502,14 @@ def test_internal_error_in_one_connection_does_not_break_others(monkeypatch):
     from agentsight.analyzers.base import Stats
     from agentsight.analyzers.reassembly import StreamReassembler
 
-    real = http1._H1Conn.on_resp
+    real = http1._ResponseReader.feed
 
-    def boom(self, ev, out):
-        if self.conn == 1:
+    def boom(self, ev):
+        if self.c.conn == 1:
             raise RuntimeError("bug")
-        return real(self, ev, out)
+        return real(self, ev)
 
-    monkeypatch.setattr(http1._H1Conn, "on_resp", boom)
+    monkeypatch.setattr(http1._ResponseReader, "feed", boom)
     c = Capture()
     for conn in (1, 2):
         c.send(get(f"/{conn}"), conn=conn)
@@ -545,38 +547,88 @@ def test_idle_connection_state_is_bounded(monkeypatch):
     # an idle, evicted connection used again still parses
     c.send(get("/again"), conn=99)
     c.recv(response(200, b"ok"), conn=99)
-    p = Pipeline()
+    p = JsonAnalysis()
     out = [o for e in c.events for o in p.feed(e)]
     assert len(of_type(out, "http")) == 101
-    assert len(p._stages[1]._conns) <= 16 and len(p._stages[0]._conns) <= 32
-    assert p.stats["http.evicted_idle"] > 0
+    stages = p.analysis._stages
+    assert len(stages[1]._conns) <= 16 and len(stages[0]._conns) <= 32
+    assert p.stats["http.evicted"] > 0
 
 
-def test_every_process_event_type_passes_through():
-    p = Pipeline()
-    for t in ("exec", "exit", "fork", "open", "unlink", "rmdir", "rename", "connect"):
-        ev = {"type": t, "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0}
-        assert p.feed(dict(ev)) == [ev], t
-    assert not p.stats.get("skipped.unknown_type")
+def test_connections_with_requests_in_flight_are_evicted_in_linear_time(monkeypatch):
+    """100k connections that each wait for a response: every new one beyond
+    the cap ends the least recently used one, at a constant cost."""
+    from agentsight.analyzers import http1
+
+    monkeypatch.setattr(http1, "MAX_CONNS", 64)
+    p = JsonAnalysis()
+    req = get("/w")
+    ops = 0
+    real = http1.Http1Parser._drop
+
+    def counted(self, key, reason, ts):
+        nonlocal ops
+        ops += 1
+        return real(self, key, reason, ts)
+
+    monkeypatch.setattr(http1.Http1Parser, "_drop", counted)
+    c = Capture()
+    out = []
+    for conn in range(20_000):
+        out += p.feed(c.send(req, conn=conn))
+    ended = of_type(out, "http")
+    assert len(ended) == 20_000 - 64 and {h["incomplete_reason"] for h in ended} == {"evicted"}
+    assert ops == 20_000 - 64  # one eviction per connection beyond the cap, no walks
+    assert p.stats["http.evicted"] == 20_000 - 64
 
 
-# -- the httptools fast path frames exactly as h11 does -----------------------------------
+PROCESS_EVENTS = [  # as the collectors write them (docs/events.md)
+    {"type": "exec", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "ppid": 1, "filename": "/bin/x",
+     "argv": ["x", "-y"], "argv_truncated": False, "cwd": "/"},
+    {"type": "exit", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "exit_code": 0, "signal": None,
+     "core_dumped": False, "duration_ns": 5, "ppid": 1},
+    {"type": "fork", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "child_pid": 10},
+    {"type": "open", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "path": "f", "resolved": "/f",
+     "flags": 577, "ret": 3},
+    {"type": "unlink", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "path": "f", "resolved": "/f",
+     "flags": 0, "ret": 0},
+    {"type": "rmdir", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "path": "d", "resolved": "/d",
+     "flags": 0, "ret": -39},
+    {"type": "rename", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "path": "a", "resolved": "/a",
+     "new_path": "b", "new_resolved": "/b", "flags": 0, "ret": 0},
+    {"type": "connect", "ts": 1, "pid": 9, "tid": 9, "comm": "x", "uid": 0, "family": "ipv4",
+     "addr": "127.0.0.1", "port": 443, "ret": -115},
+]
+
+
+def test_every_process_event_type_passes_through_in_its_json_form():
+    p = JsonAnalysis()
+    for ev in PROCESS_EVENTS:
+        assert p.feed(dict(ev)) == [ev], ev["type"]
+    assert not p.stats.get("skipped.malformed_event")
+
+
+# -- random conversations (test_analyzers_http1.py compares them with h11) ------------------
 PLAIN_REQUESTS = [
     request("POST", "/v1", HOST, body=b"hello"), get("/a"), get("/q?x=1"),
     request("DELETE", "/x", HOST, body=b"abc"),
 ]
+# Valid HTTP that takes the less common paths: any two parsers must frame it alike.
 ODD_REQUESTS = [
-    b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n",
     b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
-    b"GET / HTTP/1.1\nHost: a\n\n", b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+]
+# Not valid HTTP: parsers may differ, but none may raise, hang or misattribute.
+BAD_REQUESTS = [
+    b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\nHost: a\n\n", b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 2\r\n\r\nhi",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\nhi",
-    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n  b\r\n\r\n", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
 ]
 PLAIN_RESPONSES = [
     response(200, b"abc"), response(200, chunks=[b"ok", b"more"]), response(404, b"nope", reason="Not Found"),
@@ -589,7 +641,10 @@ ODD_RESPONSES = [
     b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nContent-Length:  7 \r\nX-A:   b  \r\n\r\n1234567",
     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nrest",
-    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
+    b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
+]
+BAD_RESPONSES = [
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
@@ -600,11 +655,39 @@ ODD_RESPONSES = [
 ]
 
 
-def _random_capture(rnd: random.Random) -> Capture:
+# Requests and answers that belong together: valid conversations. The last
+# ones end the connection's HTTP, so a conversation has one at most, last.
+VALID_EXCHANGES = [(q, r) for q in PLAIN_REQUESTS for r in PLAIN_RESPONSES] + [
+    (ODD_REQUESTS[0], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),  # HEAD
+    (ODD_REQUESTS[2], ODD_RESPONSES[4]),  # chunked request, trailers in the response
+    (ODD_REQUESTS[4], ODD_RESPONSES[0] + PLAIN_RESPONSES[1]),  # 100-continue
+    (ODD_REQUESTS[5], PLAIN_RESPONSES[2]),  # Upgrade refused
+    (ODD_REQUESTS[6], b"HTTP/1.1 407 Auth\r\nContent-Length: 1\r\n\r\nx"),  # CONNECT refused
+] + [(PLAIN_REQUESTS[1], r) for r in ODD_RESPONSES[1:3] + ODD_RESPONSES[4:6] + ODD_RESPONSES[7:9]]
+LAST_EXCHANGES = [
+    (ODD_REQUESTS[1], ODD_RESPONSES[3]),  # HTTP/1.0, the body delimited by the close
+    (ODD_REQUESTS[3], PLAIN_RESPONSES[0]),  # Connection: close
+    (PLAIN_REQUESTS[1], ODD_RESPONSES[6]),  # Connection: close from the server
+    (PLAIN_REQUESTS[1], ODD_RESPONSES[9]),  # a body delimited by the close
+    (ODD_REQUESTS[5], ODD_RESPONSES[10]),  # Upgrade, 101
+    (ODD_REQUESTS[6], b"HTTP/1.1 200 Connection established\r\n\r\n"),  # CONNECT
+]
+
+
+def _random_capture(rnd: random.Random, bad: bool = False) -> Capture:
+    """One to five random exchanges, each message cut into pieces at random;
+    with `bad`, any request with any response, valid HTTP or not."""
     c = Capture()
-    for _ in range(rnd.randint(1, 5)):
-        for send, msgs in ((True, (PLAIN_REQUESTS, ODD_REQUESTS)), (False, (PLAIN_RESPONSES, ODD_RESPONSES))):
-            data = rnd.choice(msgs[rnd.random() < 0.4])
+    n = rnd.randint(1, 5)
+    for i in range(n):
+        if bad:
+            pair = (rnd.choice(PLAIN_REQUESTS + ODD_REQUESTS + BAD_REQUESTS),
+                    rnd.choice(PLAIN_RESPONSES + ODD_RESPONSES + BAD_RESPONSES))
+        elif i == n - 1 and rnd.random() < 0.3:
+            pair = rnd.choice(LAST_EXCHANGES)
+        else:
+            pair = rnd.choice(VALID_EXCHANGES)
+        for send, data in zip((True, False), pair):
             cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.choice((0, 0, 1, 2)))))
             for piece in cut(data, cuts):
                 (c.send if send else c.recv)(piece)
@@ -613,45 +696,16 @@ def _random_capture(rnd: random.Random) -> Capture:
     return c
 
 
-def test_plain_heads_parsed_with_httptools_frame_exactly_as_h11(monkeypatch):
-    from agentsight.analyzers import http1
-    from agentsight.analyzers.base import Stats
-    from agentsight.analyzers.reassembly import StreamReassembler
-
-    captures = [_random_capture(random.Random(seed)) for seed in range(1500)]
-    taken = []
-    fast_request, fast_response = http1._fast_request, http1._fast_response
-
-    def counted(f):
-        def wrapper(*a):
-            r = f(*a)
-            taken.append(r is not None)
-            return r
-        return wrapper
-
-    def outputs():  # what the HTTP stage hands on, headers and all, and its counters
-        res = []
-        for c in captures:
-            http1._xids = iter(range(1, 1 << 30))
-            stats = Stats()
-            streams, parser = StreamReassembler(stats), http1.Http1Parser(stats)
-            out = [h for e in c.events for ev in streams.feed(dict(e)) for h in parser.feed(ev)]
-            out += [h for ev in streams.close() for h in parser.feed(ev)] + parser.close()
-            res.append((out, dict(stats)))
-        return res
-
-    monkeypatch.setattr(http1, "_fast_request", counted(fast_request))
-    monkeypatch.setattr(http1, "_fast_response", counted(fast_response))
-    with_httptools = outputs()
-    monkeypatch.setattr(http1._Pending, "head_length", lambda self: -1 if self.data else 0)  # all to h11
-    h11_only = outputs()
-    assert sum(taken) > 1000 and taken.count(False) > 1000  # both paths were exercised
-    for c, a, b in zip(captures, with_httptools, h11_only):
-        assert a == b, c.events
-    assert sum(p.get("skipped.malformed_http", 0) for _, p in h11_only) > 100
+def test_random_bad_conversations_never_raise_and_end_every_exchange():
+    for seed in range(1500):
+        c = _random_capture(random.Random(seed), bad=True)
+        out, p = run(c.events)
+        assert p.stats.get("errors.internal", 0) == 0 and p.stats.get("errors.http", 0) == 0, seed
+        for o in of_type(out, "http"):
+            assert o["status"] is not None or o.get("incomplete"), (seed, o)
 
 
-def test_pipelined_requests_that_need_h11_do_not_recurse():
+def test_many_pipelined_chunked_requests_in_one_read():
     c = Capture()
     c.send(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" * 5000)
     c.recv(response(200, b"x") * 5000)
@@ -669,19 +723,3 @@ def test_large_head_one_byte_per_read_is_parsed():
     c.recv(response(200, b"ok"))
     h = one_http(run(c.events)[0])
     assert (h["path"], h["status"], h["response_size"]) == ("/big", 200, 2)
-
-
-def test_waiting_for_a_head_resumes_the_search_where_it_stopped():
-    from agentsight.analyzers.http1 import _Pending
-
-    head = get("/x", headers={"X-A": "a" * 5000})
-    pending = _Pending()
-    for i in range(len(head) - 1):
-        pending.add(head[i:i + 1])
-        assert pending.head_length() == 0
-        # appended in place, and the next search starts just before the new bytes
-        assert isinstance(pending.data, bytearray) or i == 0
-        assert pending.scan == max(0, i + 1 - 3)
-    pending.add(head[-1:])
-    assert pending.head_length() == len(head)
-    assert pending.take() == head and pending.data == b"" and pending.scan == 0

@@ -9,8 +9,7 @@ import httpx2
 import openai
 import pytest
 
-from agentsight.analyzers import Pipeline
-from llm_fixtures import of_type
+from llm_fixtures import JsonAnalysis, of_type
 from llm_mock import LLMMock, Script
 
 TOOL = {"city": "Paris", "units": ["C", "F"], "days": 3}
@@ -32,7 +31,7 @@ def mock(server):
 
 
 def calls_from(mock, **kw):
-    p = Pipeline(**kw)
+    p = JsonAnalysis(**kw)
     out = [o for e in mock.raw_events() for o in p.feed(e)] + p.close()
     assert p.stats.get("skipped.malformed_http", 0) == 0, p.stats
     for o in out:

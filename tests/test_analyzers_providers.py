@@ -6,8 +6,8 @@ import json
 import orjson
 import pytest
 
-from agentsight.analyzers import REDACTED, Pipeline
-from llm_fixtures import Capture, cut, every, of_type, request, response, run, sse_response
+from agentsight.analyzers import REDACTED
+from llm_fixtures import JsonAnalysis, Capture, cut, every, of_type, request, response, run, sse_response
 from llm_mock import (Script, anthropic_events, anthropic_response, chat_events, chat_response,
                       gemini_chunks, gemini_response, responses_events, responses_response, sse)
 
@@ -478,4 +478,4 @@ def test_pipeline_outputs_in_order_with_process_events():
     c.exit()
     out, _ = run(c.events)
     assert [o["type"] for o in out] == ["exec", "llm_call", "exit"]
-    assert Pipeline().stats == {}
+    assert JsonAnalysis().stats == {}

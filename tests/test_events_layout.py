@@ -11,7 +11,7 @@ import pytest
 from construct import Renamed
 
 from agentsight.collectors.decode import RecordDecoder
-from agentsight.events import (
+from agentsight.collectors.records import (
     C_NAMES,
     EVENT_EXEC,
     EVENT_SSL,
@@ -133,7 +133,7 @@ def test_decoder_counts_garbage_and_keeps_going():
     garbage = [b"", b"\x01", rng.randbytes(19), bytes(40), rng.randbytes(100)]
     cut = good[:-3]  # announces more data than it carries
     events = decoder.decode(garbage + [cut, good])
-    assert [e["data"] for e in events] == ["hello"]
+    assert [e.data for e in events] == [b"hello"]
     assert decoder.bad_records == len(garbage) + 1
 
 
@@ -143,15 +143,15 @@ def test_split_call_is_merged_and_a_lost_tail_is_counted():
                 latency_ns=1, ret=30, len=30, truncated=0, gap=0, fn=1, dir=1)
     part = lambda off, data, last: SSL_EVENT.build(dict(base, offset=off, data_len=len(data), data=data, last=last))
     events = decoder.decode([part(0, b"0123456789", 0), part(10, b"abcdefghij", 0), part(20, b"KLMNOPQRST", 1)])
-    assert len(events) == 1 and events[0]["data"] == "0123456789abcdefghijKLMNOPQRST"
+    assert len(events) == 1 and events[0].data == b"0123456789abcdefghijKLMNOPQRST"
     # The last piece never comes (ring full): the call is still reported, the
     # missing bytes counted as truncated.
     events = decoder.decode([part(0, b"0123456789", 0)]) + decoder.flush()
-    assert events[0]["data"] == "0123456789" and events[0]["truncated"] == 20
+    assert events[0].data == b"0123456789" and events[0].truncated == 20
     assert decoder.truncated_bytes == 20
 
 
-def test_non_utf8_payload_is_base64():
+def test_payload_stays_bytes_and_its_json_form_is_base64_when_not_utf8():
     import base64
     decoder = RecordDecoder(clock_offset_ns=0)
     data = bytes(range(256))
@@ -159,11 +159,13 @@ def test_non_utf8_payload_is_base64():
                                ret=256, len=256, offset=0, data_len=256, truncated=0, gap=0, fn=0, dir=0, last=1,
                                data=data))
     (ev,) = decoder.decode([rec])
-    assert "data" not in ev and base64.b64decode(ev["data_b64"]) == data
+    assert ev.data == data
+    d = ev.to_json()
+    assert "data" not in d and base64.b64decode(d["data_b64"]) == data
 
 
 def test_exec_argv_split():
-    from agentsight.events import EXEC_EVENT
+    from agentsight.collectors.records import EXEC_EVENT
     decoder = RecordDecoder(clock_offset_ns=0)
     args = b"sh\0-c\0echo hi\0"
     cwd = b"project\0alice\0home\0"  # leaf first, as the kernel walks it
@@ -171,5 +173,5 @@ def test_exec_argv_split():
                                 filename_len=7, args_len=len(args), args_truncated=0, cwd_len=len(cwd),
                                 cwd_truncated=0, filename=b"/bin/sh", args=args, cwd=cwd))
     (ev,) = decoder.decode([rec])
-    assert ev["argv"] == ["sh", "-c", "echo hi"] and ev["filename"] == "/bin/sh"
-    assert ev["cwd"] == "/home/alice/project"
+    assert ev.argv == ["sh", "-c", "echo hi"] and ev.filename == "/bin/sh"
+    assert ev.cwd == "/home/alice/project"

@@ -1,22 +1,9 @@
-"""Analysis pipeline: raw TLS-plaintext and process events -> LLM call records.
-
-Pure, sans-I/O Python::
-
-    from agentsight.analyzers import Pipeline
-    p = Pipeline(redact=True)
-    for raw in events:            # dicts, see docs/events.md
-        for out in p.feed(raw):   # exec/exit/fork/open, http, llm_call
-            ...
-    tail = p.close()
-    p.stats                       # {"skipped.not_http": 1, ...}
-
-Stages (one ``dict`` event type flows between them)::
-
-    StreamReassembler -> Http1Parser (httptools, h11) -> LlmAnalyzer (providers/) -> Redactor
-"""
+"""What captured events mean: HTTP exchanges, LLM calls, and the links
+between a model's tool calls and what they caused. Pure and replayable:
+see `Analysis` (analysis.py) and `Correlator` (correlate.py)."""
 from __future__ import annotations
 
-from .pipeline import Pipeline
-from .redact import REDACTED, mask_event
+from .analysis import Analysis
+from .redact import REDACTED, Redactor
 
-__all__ = ["Pipeline", "REDACTED", "mask_event"]
+__all__ = ["Analysis", "REDACTED", "Redactor"]

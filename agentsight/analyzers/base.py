@@ -1,33 +1,31 @@
 """Shared types of the analysis chain.
 
-Every stage is a small sans-I/O object with the same two methods::
+Every stage is a small sans-I/O object with the same two methods (the
+`Stage` protocol)::
 
-    feed(event: dict) -> list[dict]    # one event in, zero or more out
-    close() -> list[dict]              # end of input: flush what is pending
+    feed(event) -> list[event]    # one event in, zero or more out
+    close() -> list[event]        # end of input: flush what is pending
 
-Exactly one event type flows between stages: a plain ``dict`` with a ``type``
-key.  A stage consumes the types it owns, may emit new (internal) types for the
-next stage, and passes every other event through unchanged, in order.
+A stage consumes the kinds it owns, may emit new (internal) kinds for the
+next stage, and passes every other event through unchanged, in order. The
+internal kinds below never leave the analyzers:
 
-Internal event types (never leave the Pipeline):
-
-``tls_data``   reassembly -> http1: one piece of a connection's request or
-               response byte stream (``role`` = "req" | "resp").
-``tls_close``  reassembly -> http1: the connection will see no more bytes
-               (process exit or end of capture).
-``http_request`` / ``http_response`` / ``http_body`` / ``http_end``
-               http1 -> llm: one HTTP exchange, h11 style.
+`StreamData`   reassembly -> HTTP: one piece of a connection's request or
+               response byte stream.
+`StreamEnd`    reassembly -> HTTP: the connection will see no more bytes
+               (the TLS session was freed, the process exited, the capture
+               ended).
+`HttpRequest`, `HttpResponse`, `HttpBody`, `HttpEnd`
+               HTTP -> LLM: one exchange, in this order (`xid` ties them).
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-Event = dict[str, Any]
 ConnKey = tuple[int, int]  # (pid, conn)
-
-# Events that pass through the analyzers unchanged (docs/events.md).
-PROCESS_TYPES = frozenset(("exec", "exit", "fork", "open", "unlink", "rmdir", "rename", "connect"))
+Headers = list[tuple[bytes, bytes]]  # lower-case names, as on the wire otherwise
 
 try:  # orjson is much faster; fall back to the stdlib.  Both raise ValueError.
     import orjson as _json
@@ -42,7 +40,79 @@ class Stats(Counter):  # type: ignore[type-arg]
     """Counters shared by all stages (``skipped.*``, ``errors.*``, ...)."""
 
 
-class Analyzer(Protocol):
-    def feed(self, ev: Event) -> list[Event]: ...
+class Stage(Protocol):
+    def feed(self, ev: Any) -> list[Any]: ...
 
-    def close(self) -> list[Event]: ...
+    def close(self) -> list[Any]: ...
+
+
+@dataclass(slots=True)
+class StreamData:
+    key: ConnKey
+    role: str  # "req" or "resp"
+    data: bytes
+    gap: int  # bytes lost before data
+    trunc: int  # bytes lost after data
+    ts: int
+    pid: int
+    tid: int
+    comm: str
+    conn: int
+    side: str = "client"  # "server" when the traced process answers requests
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    key: ConnKey
+    reason: str  # process_exit, connection_closed, end_of_capture
+    ts: int | None
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    xid: int
+    key: ConnKey
+    ts: int  # when its first byte was seen
+    end_ts: int
+    pid: int
+    tid: int
+    comm: str
+    conn: int
+    side: str
+    method: str
+    target: str
+    headers: Headers
+    http_version: str
+    body: bytes  # on the wire (still encoded), at most MAX_REQUEST_BODY
+    body_size: int
+    body_capped: bool
+    incomplete: str | None
+    protocol: str = "http/1.1"
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    xid: int
+    key: ConnKey
+    ts: int
+    status: int
+    headers: Headers
+    http_version: str
+
+
+@dataclass(slots=True)
+class HttpBody:
+    xid: int
+    key: ConnKey
+    ts: int
+    data: bytes  # on the wire (still encoded)
+
+
+@dataclass(slots=True)
+class HttpEnd:
+    xid: int
+    key: ConnKey | None
+    ts: int | None
+    incomplete: str | None
+    responded: bool
+    resp_size: int

@@ -1,4 +1,4 @@
-"""Stage 3: HTTP exchanges -> ``http`` and ``llm_call`` output events.
+"""Stage 3: HTTP exchanges -> `HttpExchange` and `LlmCall` events.
 
 The request decides (host, path, body shape) whether an exchange is an LLM
 call.  Only LLM calls have their response body decoded (Content-Encoding) and
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..events import HttpExchange, LlmCall, LlmResponse, ToolCall
 from . import providers
-from .base import Event, Stats, json_loads
+from .base import HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, json_loads
 from .encoding import BodyDecoder, DecodeError, decode_all
 from .http1 import header_value, headers_dict
 from .sse import SSEParser
@@ -48,7 +49,7 @@ class _Http:
     __slots__ = ("req", "host", "path", "status")
     llm = False
 
-    def __init__(self, req: Event, host: str, path: str) -> None:
+    def __init__(self, req: HttpRequest, host: str, path: str) -> None:
         self.req = req
         self.host = host
         self.path = path
@@ -61,7 +62,7 @@ class _Call:
                  "merger", "first_token_ns", "failed", "sse_mode")
     llm = True
 
-    def __init__(self, req: Event, host: str, path: str, provider: str, api: str,
+    def __init__(self, req: HttpRequest, host: str, path: str, provider: str, api: str,
                  adapter: providers.Adapter, request: Any, query: str) -> None:
         self.req = req
         self.host = host
@@ -93,10 +94,10 @@ class LlmAnalyzer:
         self._owned: dict[str, providers.Adapter] = {}
 
     # -- dispatch ------------------------------------------------------------
-    def feed(self, ev: Event) -> list[Event]:
-        t = ev["type"]
-        if t == "http_body":
-            x = self._x.get(ev["xid"])
+    def feed(self, ev: object) -> list[object]:
+        t = type(ev)
+        if t is HttpBody:
+            x = self._x.get(ev.xid)  # type: ignore[attr-defined]
             if x is not None and x.llm:
                 try:
                     self._body(x, ev)  # type: ignore[arg-type]
@@ -104,17 +105,17 @@ class LlmAnalyzer:
                     self.stats["errors.llm"] += 1
                     x.failed = "analyzer_error"  # type: ignore[union-attr]
             return []
-        if t == "http_request":
+        if t is HttpRequest:
             try:
-                self._x[ev["xid"]] = self._classify(ev)
+                self._x[ev.xid] = self._classify(ev)  # type: ignore[attr-defined, arg-type]
             except Exception:
                 self.stats["errors.llm"] += 1
-                self._x[ev["xid"]] = _Http(ev, "", "")
+                self._x[ev.xid] = _Http(ev, "", "")  # type: ignore[attr-defined, arg-type]
             return []
-        if t == "http_response":
-            x = self._x.get(ev["xid"])
+        if t is HttpResponse:
+            x = self._x.get(ev.xid)  # type: ignore[attr-defined]
             if x is not None:
-                x.status = ev["status"]
+                x.status = ev.status  # type: ignore[attr-defined]
                 if x.llm:
                     try:
                         self._response(x, ev)  # type: ignore[arg-type]
@@ -122,8 +123,8 @@ class LlmAnalyzer:
                         self.stats["errors.llm"] += 1
                         x.failed = "analyzer_error"  # type: ignore[union-attr]
             return []
-        if t == "http_end":
-            x = self._x.pop(ev["xid"], None)
+        if t is HttpEnd:
+            x = self._x.pop(ev.xid, None)  # type: ignore[attr-defined]
             if x is None:
                 return []
             try:
@@ -133,22 +134,20 @@ class LlmAnalyzer:
                 return []
         return [ev]
 
-    def close(self) -> list[Event]:
-        # http1 ends every exchange it started; anything left is a request
+    def close(self) -> list[object]:
+        # HTTP ends every exchange it started; anything left is a request
         # whose end we never saw
         out = []
         for xid in list(self._x):
-            out.extend(self.feed({"type": "http_end", "xid": xid, "ts": None,
-                                  "incomplete": "end_of_capture", "responded": False,
-                                  "resp_size": 0}))
+            out.extend(self.feed(HttpEnd(xid, None, None, "end_of_capture", False, 0)))
         return out
 
     # -- request ---------------------------------------------------------------
-    def _classify(self, req: Event) -> _Http | _Call:
-        headers = req["headers"]
+    def _classify(self, req: HttpRequest) -> _Http | _Call:
+        headers = req.headers
         host_hdr = header_value(headers, b"host")
-        host, path, query = split_target(req["target"], host_hdr)
-        method = req["method"]
+        host, path, query = split_target(req.target, host_hdr)
+        method = req.method
         adapters = providers.ADAPTERS
         matches = []
         for a in adapters:
@@ -183,11 +182,11 @@ class LlmAnalyzer:
             self._owned[host] = a  # type: ignore[assignment]
         return a
 
-    def _request_json(self, req: Event) -> Any:
-        body: bytes = req["body"]
+    def _request_json(self, req: HttpRequest) -> Any:
+        body = req.body
         if not body:
             return None
-        enc = header_value(req["headers"], b"content-encoding")
+        enc = header_value(req.headers, b"content-encoding")
         if enc:
             try:
                 body = decode_all(body, enc, MAX_RESPONSE_BODY)
@@ -200,8 +199,8 @@ class LlmAnalyzer:
             return None
 
     # -- response ---------------------------------------------------------------
-    def _response(self, x: _Call, ev: Event) -> None:
-        x.resp_headers = ev["headers"]
+    def _response(self, x: _Call, ev: HttpResponse) -> None:
+        x.resp_headers = ev.headers
         ctype = (header_value(x.resp_headers, b"content-type") or "").lower()
         x.sse_mode = "text/event-stream" in ctype and x.status is not None and x.status < 300
         if x.sse_mode:
@@ -213,10 +212,10 @@ class LlmAnalyzer:
             self.stats["skipped.bad_encoding"] += 1
             x.failed = "unsupported content-encoding"
 
-    def _body(self, x: _Call, ev: Event) -> None:
+    def _body(self, x: _Call, ev: HttpBody) -> None:
         if x.failed or x.decoder is None:
             return
-        data = ev["data"]
+        data = ev.data
         if x.decoder.active:
             try:
                 data = x.decoder.feed(data)
@@ -229,10 +228,10 @@ class LlmAnalyzer:
         if x.sse is not None:
             events = x.sse.feed(data)
             if events:
-                self._sse(x, events, ev["ts"])
+                self._sse(x, events, ev.ts)
         else:
             if x.first_token_ns is None and x.stream:
-                x.first_token_ns = ev["ts"]  # a streamed JSON array
+                x.first_token_ns = ev.ts  # a streamed JSON array
             x.body_size += len(data)
             if x.body_size <= MAX_RESPONSE_BODY:
                 x.body.append(data)
@@ -272,58 +271,45 @@ class LlmAnalyzer:
             x.merger.feed_error(None, x.status)
         x.merger.finish()
 
-    def _call_event(self, x: _Call, end: Event) -> Event:
+    def _call_event(self, x: _Call, end: HttpEnd) -> LlmCall:
         req = x.req
-        ended = end["ts"] if end["ts"] is not None else req["end_ts"]
+        ended = end.ts if end.ts is not None else req.end_ts
         self._finish_body(x, ended)
         m = x.merger
         resp = m.result()
-        incomplete = end["incomplete"] or req["incomplete"]
-        if incomplete in _ENDS and m.complete and not req["incomplete"]:
+        incomplete = end.incomplete or req.incomplete
+        if incomplete in _ENDS and m.complete and not req.incomplete:
             incomplete = None
-        ev: Event = {
-            "type": "llm_call", "ts": ended,
-            "provider": x.provider, "api": x.api,
-            "model": x.model if x.model is not None else resp.get("model"),
-            "stream": x.stream, "status": x.status,
-            "method": req["method"], "host": x.host, "path": req["target"],
-            "request": x.request,
-            "request_headers": headers_dict(req["headers"]),
-            "response_headers": headers_dict(x.resp_headers),
-            "response": resp, "usage": m.usage,
-            "started_ns": req["ts"], "first_token_ns": x.first_token_ns, "ended_ns": ended,
-            "pid": req["pid"], "tid": req["tid"], "comm": req["comm"], "conn": req["conn"],
-            "side": req["side"],
-        }
-        if m.error is not None:
-            ev["error"] = m.error
-        elif incomplete in _CONN_FAILURES:
-            ev["error"] = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
-        if x.failed:
-            ev.setdefault("error", {"type": "analyzer", "message": x.failed})
+        error = m.error
+        if error is None and incomplete in _CONN_FAILURES:
+            error = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
+        if x.failed and error is None:
+            error = {"type": "analyzer", "message": x.failed}
         if incomplete:
-            ev["incomplete"] = True
-            ev["incomplete_reason"] = incomplete
             self.stats["llm.incomplete"] += 1
-        if req["body_capped"]:
-            ev["request_truncated"] = True
-        return ev
+        model = x.model if x.model is not None else resp.get("model")
+        return LlmCall(
+            ts=ended, provider=x.provider, api=x.api, model=model, stream=x.stream, status=x.status,
+            method=req.method, host=x.host, path=req.target, request=x.request,
+            request_headers=headers_dict(req.headers), response_headers=headers_dict(x.resp_headers),
+            response=_response(resp), usage=m.usage, started_ns=req.ts, first_token_ns=x.first_token_ns,
+            ended_ns=ended, pid=req.pid, tid=req.tid, comm=req.comm, conn=req.conn, side=req.side, error=error,
+            incomplete_reason=incomplete, request_truncated=req.body_capped, protocol=req.protocol)
 
-    def _http_event(self, x: _Http, end: Event) -> Event:
+    def _http_event(self, x: _Http, end: HttpEnd) -> HttpExchange:
         req = x.req
-        ended = end["ts"] if end["ts"] is not None else req["end_ts"]
-        ev: Event = {
-            "type": "http", "ts": ended, "method": req["method"], "host": x.host,
-            "path": req["target"], "status": x.status,
-            "request_size": req["body_size"], "response_size": end["resp_size"],
-            "started_ns": req["ts"], "ended_ns": ended,
-            "pid": req["pid"], "tid": req["tid"], "comm": req["comm"], "conn": req["conn"],
-            "side": req["side"],
-        }
-        incomplete = end["incomplete"] or req["incomplete"]
-        if incomplete:
-            ev["incomplete"] = True
-            ev["incomplete_reason"] = incomplete
-            if incomplete in _CONN_FAILURES:
-                ev["error"] = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
-        return ev
+        ended = end.ts if end.ts is not None else req.end_ts
+        incomplete = end.incomplete or req.incomplete
+        return HttpExchange(
+            ts=ended, method=req.method, host=x.host, path=req.target, status=x.status,
+            request_size=req.body_size, response_size=end.resp_size, started_ns=req.ts, ended_ns=ended,
+            pid=req.pid, tid=req.tid, comm=req.comm, conn=req.conn, side=req.side, incomplete_reason=incomplete,
+            error={"type": "connection", "message": _CONN_FAILURES[incomplete]}
+            if incomplete in _CONN_FAILURES else None, protocol=req.protocol)
+
+
+def _response(r: dict[str, Any]) -> LlmResponse:
+    """A merger's result as the event's response."""
+    return LlmResponse(
+        text=r["text"], tool_calls=[ToolCall(t.get("id"), t.get("name"), t.get("arguments")) for t in r["tool_calls"]],
+        stop_reason=r["stop_reason"], thinking=r.get("thinking"), model=r.get("model"), id=r.get("id"))

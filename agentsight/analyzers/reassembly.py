@@ -1,21 +1,20 @@
-"""Stage 1: raw ``ssl`` events -> per-connection ``tls_data`` byte streams.
+"""Stage 1: `TlsData` events -> per-connection `StreamData` byte streams.
 
-* validates and decodes each raw event once (``data`` or ``data_b64``);
 * keys connections by ``(pid, conn)``;
 * decides, from the first bytes, whether a connection carries HTTP/1.x
   (and which side is the client), HTTP/2, or something else; non-HTTP/1
   connections are counted once in ``stats`` and then dropped cheaply;
 * passes lost byte counts (``gap`` before, ``truncated`` after the data) on
   to the HTTP stage, which owns framing;
-* turns an ``exit`` of a process, and ``close()``, into ``tls_close`` for each
-  of its connections.
+* turns the end of a TLS session, an `Exit` of a process, and ``close()``
+  into `StreamEnd` for each of its connections.
 """
 from __future__ import annotations
 
-import binascii
 import re
 
-from .base import PROCESS_TYPES, ConnKey, Event, Stats
+from ..events import Exit, TlsData
+from .base import ConnKey, Stats, StreamData, StreamEnd
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _METHOD = re.compile(rb"[A-Z][A-Z_-]{0,23}")
@@ -50,14 +49,13 @@ def classify_prefix(b: bytes) -> str | None:
 
 
 class _Conn:
-    __slots__ = ("state", "swapped", "pending", "first", "pid")
+    __slots__ = ("state", "swapped", "pending", "first")
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self) -> None:
         self.state = _UNDECIDED
-        self.swapped = False
-        self.pending: list[Event] = []
+        self.swapped = False  # the traced process answers requests on it
+        self.pending: list[StreamData] = []
         self.first = {"send": b"", "recv": b""}
-        self.pid = pid
 
 
 class StreamReassembler:
@@ -66,76 +64,37 @@ class StreamReassembler:
         self._conns: dict[ConnKey, _Conn] = {}
         self._by_pid: dict[int, set[ConnKey]] = {}
 
-    # -- raw event validation -------------------------------------------
-    def feed(self, ev: Event) -> list[Event]:
-        stats = self.stats
-        if type(ev) is not dict:
-            stats["skipped.malformed_event"] += 1
-            return []
-        t = ev.get("type")
-        if t == "ssl":
-            return self._ssl(ev)
-        if type(t) is not str:
-            stats["skipped.malformed_event"] += 1
-            return []
-        if t in PROCESS_TYPES:
-            if t == "exit":
-                return self._exit(ev)
-            return [ev]
-        stats["skipped.unknown_type"] += 1
-        return []
+    def feed(self, ev: object) -> list[object]:
+        t = type(ev)
+        if t is TlsData:
+            return self._tls(ev)  # type: ignore[arg-type]
+        if t is Exit:
+            return self._exit(ev)  # type: ignore[arg-type]
+        return [ev]
 
-    def _ssl(self, ev: Event) -> list[Event]:
+    def _tls(self, ev: TlsData) -> list[object]:
         stats = self.stats
         stats["events.ssl"] += 1
-        pid = ev.get("pid")
-        conn = ev.get("conn")
-        d = ev.get("dir")
-        ts = ev.get("ts")
-        if type(pid) is not int or type(conn) is not int or type(ts) is not int:
-            stats["skipped.malformed_event"] += 1
-            return []
+        pid = ev.pid
+        d = ev.dir
         if d != "send" and d != "recv":
-            if d == "handshake":
-                stats["ssl.handshake"] += 1
-                return []
             if d == "close":
                 # The TLS session was freed: both streams have ended.
                 stats["ssl.closed"] += 1
                 keys = self._by_pid.get(pid)
                 if keys is not None:
-                    keys.discard((pid, conn))
-                return self._close_keys([(pid, conn)], "connection_closed", ts)
-            stats["skipped.malformed_event"] += 1
+                    keys.discard((pid, ev.conn))
+                return self._close_keys([(pid, ev.conn)], "connection_closed", ev.ts)
+            stats["ssl.handshake"] += 1
             return []
-        key = (pid, conn)
+        key = (pid, ev.conn)
         c = self._conns.get(key)
         if c is not None and c.state == _DEAD:
-            stats["skipped.bytes"] += ev.get("len", 0) if type(ev.get("len")) is int else 0
+            stats["skipped.bytes"] += ev.len
             return []
-        s = ev.get("data")
-        if type(s) is str:
-            data = s.encode("utf-8", "surrogatepass")
-        else:
-            b64 = ev.get("data_b64")
-            if type(b64) is not str:
-                if s is None and ev.get("len", 0) == 0:
-                    data = b""
-                else:
-                    stats["skipped.malformed_event"] += 1
-                    return []
-            else:
-                try:
-                    data = binascii.a2b_base64(b64)
-                except (binascii.Error, ValueError):
-                    stats["skipped.malformed_event"] += 1
-                    return []
-        gap = ev.get("gap", 0)
-        trunc = ev.get("truncated", 0)
-        if type(gap) is not int or gap < 0:
-            gap = 0
-        if type(trunc) is not int or trunc < 0:
-            trunc = 0
+        data = ev.data
+        gap = ev.gap
+        trunc = ev.truncated
         if not data and not gap and not trunc:
             return []
         stats["bytes.ssl"] += len(data)
@@ -144,31 +103,16 @@ class StreamReassembler:
         if c is None:
             if len(self._conns) >= MAX_CONNS:
                 self._evict()
-            c = self._conns[key] = _Conn(pid)
+            c = self._conns[key] = _Conn()
             self._by_pid.setdefault(pid, set()).add(key)
         if c.state == _HTTP:
-            role = "req" if (d == "send") != c.swapped else "resp"
-            tid = ev.get("tid")
-            comm = ev.get("comm")
-            return [{
-                "type": "tls_data", "key": key, "role": role, "data": data,
-                "gap": gap, "trunc": trunc, "ts": ts,
-                "pid": pid, "tid": tid if type(tid) is int else pid,
-                "comm": comm if type(comm) is str else "", "conn": conn,
-                "side": "server" if c.swapped else "client",
-            }]
-        return self._undecided(key, c, ev, d, data, gap, trunc, ts)
+            return [StreamData(key, "req" if (d == "send") != c.swapped else "resp", data, gap, trunc, ev.ts,
+                               pid, ev.tid, ev.comm, ev.conn, "server" if c.swapped else "client")]
+        return self._undecided(key, c, ev, d, data, gap, trunc)
 
-    def _undecided(self, key: ConnKey, c: _Conn, ev: Event, d: str, data: bytes,
-                   gap: int, trunc: int, ts: int) -> list[Event]:
-        tid = ev.get("tid")
-        comm = ev.get("comm")
-        c.pending.append({
-            "type": "tls_data", "key": key, "role": d, "data": data,
-            "gap": gap, "trunc": trunc, "ts": ts, "pid": key[0],
-            "tid": tid if type(tid) is int else key[0],
-            "comm": comm if type(comm) is str else "", "conn": key[1],
-        })
+    def _undecided(self, key: ConnKey, c: _Conn, ev: TlsData, d: str, data: bytes,
+                   gap: int, trunc: int) -> list[object]:
+        c.pending.append(StreamData(key, d, data, gap, trunc, ev.ts, ev.pid, ev.tid, ev.comm, ev.conn))
         first = c.first[d]
         if len(first) < _DECIDE_BYTES:
             first = c.first[d] = first + data[: _DECIDE_BYTES - len(first)]
@@ -181,19 +125,19 @@ class StreamReassembler:
         if kind == OTHER or kind == HTTP2:
             c.state = _DEAD
             self.stats["skipped.http2" if kind == HTTP2 else "skipped.not_http"] += 1
-            self.stats["skipped.bytes"] += sum(len(p["data"]) for p in c.pending)
+            self.stats["skipped.bytes"] += sum(len(p.data) for p in c.pending)
             c.pending = []
             return []
         # REQUEST on send / RESPONSE on recv: we are the client
         c.swapped = (kind == RESPONSE) == (d == "send")
         c.state = _HTTP
         side = "server" if c.swapped else "client"
-        out = c.pending
+        out: list[object] = list(c.pending)
         c.pending = []
         c.first = {}
         for p in out:
-            p["role"] = "req" if (p["role"] == "send") != c.swapped else "resp"
-            p["side"] = side
+            p.role = "req" if (p.role == "send") != c.swapped else "resp"  # type: ignore[attr-defined]
+            p.side = side  # type: ignore[attr-defined]
         return out
 
     def _evict(self) -> None:
@@ -209,21 +153,17 @@ class StreamReassembler:
         self.stats["ssl.evicted_conns"] += n
 
     # -- end of connections ----------------------------------------------
-    def _exit(self, ev: Event) -> list[Event]:
+    def _exit(self, ev: Exit) -> list[object]:
         # One exit event per process, sent by whichever thread left last.
-        pid = ev.get("pid")
-        if type(pid) is not int:
-            return [ev]
-        keys = self._by_pid.pop(pid, None)
+        keys = self._by_pid.pop(ev.pid, None)
         if not keys:
             return [ev]
-        ts = ev.get("ts") if type(ev.get("ts")) is int else 0
-        out = self._close_keys(sorted(keys), "process_exit", ts)
+        out = self._close_keys(sorted(keys), "process_exit", ev.ts)
         out.append(ev)
         return out
 
-    def _close_keys(self, keys: list[ConnKey], reason: str, ts: int | None) -> list[Event]:
-        out: list[Event] = []
+    def _close_keys(self, keys: list[ConnKey], reason: str, ts: int | None) -> list[object]:
+        out: list[object] = []
         for key in keys:
             c = self._conns.pop(key, None)
             if c is None:
@@ -232,10 +172,10 @@ class StreamReassembler:
                 # too few bytes to decide: not HTTP as far as we can tell
                 self.stats["skipped.not_http"] += 1
             if c.state == _HTTP:
-                out.append({"type": "tls_close", "key": key, "reason": reason, "ts": ts})
+                out.append(StreamEnd(key, reason, ts))
         return out
 
-    def close(self) -> list[Event]:
+    def close(self) -> list[object]:
         keys = sorted(self._conns)
         self._by_pid.clear()
         return self._close_keys(keys, "end_of_capture", None)

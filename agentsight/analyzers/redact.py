@@ -1,10 +1,30 @@
-"""Stage 4: redaction of secrets in ``llm_call`` and ``http`` events."""
+"""Secrets kept out of what agentsight writes and shows.
+
+Two forms, one set of patterns:
+
+* masking, for captures: every byte of a secret becomes ``*``, so lengths,
+  Content-Length and chunk framing stay right and a masked capture still
+  parses and replays (`mask_bytes`, `mask_text`, `mask_argv`);
+* redaction, for what the analyzers made of it: a secret becomes
+  ``[REDACTED]`` (`redact_text`, `redact_json`, `redact_headers`).
+
+What counts as a secret: the values of headers and JSON fields named like
+credentials (Authorization, X-Api-Key, Cookie, "api_key", "password", ...),
+query parameters named so (``?key=``, ``&token=``), the password of a URL's
+user info, well-known token shapes (``sk-...``, ``AIza...``, ``ghp_...``,
+``AKIA...``, Bearer and Basic credentials), and on command lines the values
+of ``-u user:pass``, ``--password=...``, ``--token ...`` and environment
+assignments such as ``GITHUB_TOKEN=...``.
+
+`Redactor` applies all of it to events on their way to the sinks.
+"""
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any
+from typing import Any, Callable
 
-from .base import Event, Stats
+from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall
 
 REDACTED = "[REDACTED]"
 
@@ -14,139 +34,263 @@ _SECRET_KEYS = frozenset((
     "cookie", "setcookie", "password", "passwd", "secret", "clientsecret", "accesstoken",
     "refreshtoken", "idtoken", "sessiontoken", "xauthtoken", "xamzsecuritytoken", "privatekey",
     "openaiapikey", "anthropicapikey", "geminiapikey", "googleapikey", "awssecretaccesskey",
+    "authtoken", "secretkey", "accesskey", "apisecret", "credentials", "xsubscriptiontoken",
+    "xcsrftoken", "xxsrftoken", "ocpapimsubscriptionkey",
 ))
-_QUERY_KEYS = ("key", "api_key", "apikey", "api-key", "access_token", "token", "auth",
-               "password", "secret", "client_secret", "sig", "signature", "x-goog-api-key",
-               "code", "refresh_token", "id_token")
-
-_TOKEN_RE = re.compile(
-    r"sk-ant-[A-Za-z0-9_\-]{8,}"
-    r"|sk-[A-Za-z0-9_\-]{16,}"
-    r"|AIza[0-9A-Za-z_\-]{30,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|xox[abposr]-[A-Za-z0-9\-]{10,}"
-    r"|AKIA[0-9A-Z]{16}"
-    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=\-]{8,}"
-    r"|(?<=[Bb]asic )[A-Za-z0-9+/=]{8,}"
-)
-_QUERY_RE = re.compile(
-    r"(?i)([?&;](?:" + "|".join(re.escape(k) for k in _QUERY_KEYS) + r")=)[^&#\s\"']+"
-)
+_QUERY_KEYS = ("key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "password", "secret",
+               "client_secret", "sig", "signature", "x-goog-api-key", "code", "refresh_token", "id_token")
+# Words that make an environment variable's or an option's value a secret.
+_SECRET_WORDS = frozenset(("token", "secret", "password", "passwd", "pass", "pwd", "apikey", "auth",
+                           "credential", "credentials", "privatekey", "accesskey", "secretkey"))
+_SECRET_OPTIONS = ("password", "passwd", "pass", "token", "api-key", "apikey", "secret", "access-token",
+                   "auth-token", "client-secret", "private-key")
 
 
-def _may_hold_token(s: str) -> bool:
-    """False when _TOKEN_RE cannot match ``s``: cheap substring tests before
-    running a regex over a (possibly long) string.  One-character tests run at
-    memchr speed, many times faster than longer ones, so they come first."""
-    if "-" in s and ("sk-" in s or "xox" in s):
-        return True
-    if "_" in s and ("gh" in s or "github_pat_" in s):
-        return True
-    if "A" in s and ("AIza" in s or "AKIA" in s):
-        return True
-    return "earer " in s or "asic " in s
-
-
-def redact_str(s: str) -> str:
-    if "=" in s:
-        s = _QUERY_RE.sub(lambda m: m.group(1) + REDACTED, s)
-    if _may_hold_token(s):
-        return _TOKEN_RE.sub(REDACTED, s)
-    return s
-
-
-_HEADER_LINE_RE = re.compile(r"(?m)^([A-Za-z0-9_-]+):[ \t]*([^\r\n]*)")
-
-
-def mask_raw(s: str) -> str:
-    """Secrets in captured plaintext (header values, tokens) overwritten with
-    as many '*': byte counts, Content-Length and chunk framing stay right,
-    so the masked capture still parses and replays."""
-    if ":" in s:
-        s = _HEADER_LINE_RE.sub(
-            lambda m: m.group(0)[: m.start(2) - m.start(0)] + "*" * len(m.group(2))
-            if _is_secret_key(m.group(1)) else m.group(0), s)
-    if _may_hold_token(s):
-        return _TOKEN_RE.sub(lambda m: "*" * len(m.group(0)), s)
-    return s
-
-
-def mask_event(e: dict) -> dict:
-    """A raw event with the secrets in it masked (a copy when anything changed)."""
-    if "data" in e:
-        return {**e, "data": mask_raw(e["data"])}
-    if e.get("type") == "exec" and isinstance(e.get("argv"), list):
-        return {**e, "argv": [mask_raw(a) if isinstance(a, str) else a for a in e["argv"]]}
-    return e
-
-
-_key_cache: dict[str, bool] = {}
-
-
-def _is_secret_key(k: str) -> bool:
-    # the same few keys ("role", "content", "type"...) come back all the time
-    r = _key_cache.get(k)
+def is_secret_field(name: str) -> bool:
+    """A header or JSON field name whose value is a secret."""
+    r = _field_cache.get(name)
     if r is None:
-        r = k.lower().replace("-", "").replace("_", "") in _SECRET_KEYS
-        if len(_key_cache) < 4096:
-            _key_cache[k] = r
+        flat = name.lower().replace("-", "").replace("_", "")
+        r = flat in _SECRET_KEYS or flat.endswith(_SECRET_SUFFIXES)
+        if len(_field_cache) < 4096:
+            _field_cache[name] = r
     return r
 
 
-def redact_obj(o: Any) -> Any:
-    """A copy of a JSON value with secret-looking keys and strings redacted."""
+def is_secret_variable(name: str) -> bool:
+    """An environment variable or option name whose value is a secret
+    (GITHUB_TOKEN, DB_PASS, OPENAI_API_KEY, --password): broader than
+    field names, where "token" also names a model's output tokens."""
+    r = _variable_cache.get(name)
+    if r is None:
+        r = is_secret_field(name) or any(w in _SECRET_WORDS for w in re.split(r"[-_]", name.lower()))
+        if len(_variable_cache) < 4096:
+            _variable_cache[name] = r
+    return r
+
+
+_SECRET_SUFFIXES = ("apikey", "secretkey", "accesskey", "privatekey", "password", "passwd", "secret",
+                    "accesstoken", "refreshtoken", "authtoken", "sessiontoken", "bearertoken", "apitoken")
+_field_cache: dict[str, bool] = {}
+_variable_cache: dict[str, bool] = {}
+
+_TOKEN = (r"sk-ant-[A-Za-z0-9_\-]{8,}|sk-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}"
+          r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}"
+          r"|AKIA[0-9A-Z]{16}")
+_QUERY = r"(?i:[?&;](?:" + "|".join(re.escape(k) for k in _QUERY_KEYS) + r")=)"
+_OPTIONS = "|".join(re.escape(o) for o in _SECRET_OPTIONS)
+
+
+def _patterns(text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]:
+    """(pattern, test) pairs whose group "v" is a secret when test(match)
+    holds (or always); compiled for str or for bytes."""
+    sources: list[tuple[str, Callable[[re.Match[Any]], bool] | None]] = [
+        # a header line, in a capture or one argv element ("x-api-key: ...")
+        (r"(?m)^(?P<n>[A-Za-z0-9_-]{1,64}):[ \t]*(?P<v>[^\r\n]+)", _field),
+        # a JSON string field, also as a string inside JSON (\"api_key\": \"...\")
+        (r'\\*"(?P<n>[A-Za-z0-9_-]{1,64})\\*"\s*:\s*\\*"(?P<v>(?:[^"\\\r\n]|\\(?!\\*")){1,4096})', _field),
+        (r"(?:(?<=[Bb]earer )|(?<=[Bb]asic ))(?P<v>[A-Za-z0-9._~+/=\-]{8,})", None),
+        (rf"(?P<v>{_TOKEN})", None),
+        (rf"{_QUERY}(?P<v>[^&#\s\"']+)", None),
+        (r"://[^/\s:@]{1,256}:(?P<v>[^/\s@]{1,256})@", None),  # https://user:password@host
+        (r"(?<!\S)(?:-u|--user)(?:\s+|=)[^\s:]{1,256}:(?P<v>\S+)", None),  # curl -u user:pass
+        (rf"(?<!\S)--(?:{_OPTIONS})(?:=|\s+)(?P<v>[^\s-]\S*)", None),
+        (r"(?<![\w-])(?P<n>[A-Za-z_][A-Za-z0-9_]{0,63})=(?P<v>'[^']*'|\"[^\"]*\"|[^\s;&|]+)", _variable),
+    ]
+    if text:
+        return [(re.compile(p), test) for p, test in sources]
+    return [(re.compile(p.encode()), test) for p, test in sources]
+
+
+def _field(m: re.Match[Any]) -> bool:
+    name = m.group("n")
+    return is_secret_field(name if isinstance(name, str) else name.decode("latin-1"))
+
+
+def _variable(m: re.Match[Any]) -> bool:
+    name = m.group("n")
+    return is_secret_variable(name if isinstance(name, str) else name.decode("latin-1"))
+
+
+_TEXT_PATTERNS = _patterns(text=True)
+_BYTES_PATTERNS = _patterns(text=False)
+
+
+def _may_hold_secret(s: str | bytes) -> bool:
+    """False when no pattern can match: cheap substring tests before any
+    regex runs over a (possibly long) payload."""
+    if isinstance(s, str):
+        return ":" in s or "=" in s or "-" in s or "_" in s or "AKIA" in s or "AIza" in s
+    return b":" in s or b"=" in s or b"-" in s or b"_" in s or b"AKIA" in s or b"AIza" in s
+
+
+def _spans(s: Any, patterns: list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]
+           ) -> list[tuple[int, int]]:
+    spans = []
+    for pattern, test in patterns:
+        for m in pattern.finditer(s):
+            if test is None or test(m):
+                start, end = m.span("v")
+                if end > start:
+                    spans.append((start, end))
+    return spans
+
+
+def mask_bytes(data: bytes) -> bytes:
+    """`data` with every secret overwritten by as many ``*``."""
+    if not data or not _may_hold_secret(data):
+        return data
+    spans = _spans(data, _BYTES_PATTERNS)
+    if not spans:
+        return data
+    out = bytearray(data)
+    for start, end in spans:
+        out[start:end] = b"*" * (end - start)
+    return bytes(out)
+
+
+def mask_text(s: str) -> str:
+    """`s` with every secret overwritten by as many ``*``."""
+    if not s or not _may_hold_secret(s):
+        return s
+    spans = _spans(s, _TEXT_PATTERNS)
+    if not spans:
+        return s
+    chars = list(s)
+    for start, end in spans:
+        chars[start:end] = "*" * (end - start)
+    return "".join(chars)
+
+
+def _argv_secret_follows(arg: str) -> str | None:
+    """For an option whose value is the next argument: how to mask it."""
+    if arg in ("-u", "--user", "--proxy-user", "-U"):
+        return "userinfo"
+    if arg.startswith("--") and arg[2:].lower() in _SECRET_OPTIONS:
+        return "whole"
+    if arg in ("-H", "--header"):
+        return None  # the value is a header line, which mask_text sees whole
+    return None
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """A command line with the secrets in it masked, element by element."""
+    out = []
+    follows: str | None = None
+    for arg in argv:
+        masked = mask_text(arg)
+        if follows == "userinfo" and ":" in arg:
+            user, _, secret = arg.partition(":")
+            masked = user + ":" + "*" * len(secret)
+        elif follows == "whole":
+            masked = "*" * len(arg)
+        follows = _argv_secret_follows(arg)
+        out.append(masked)
+    return out
+
+
+def redact_text(s: str) -> str:
+    """`s` with every secret replaced by [REDACTED]."""
+    if not s or not _may_hold_secret(s):
+        return s
+    spans = _spans(s, _TEXT_PATTERNS)
+    if not spans:
+        return s
+    spans.sort()
+    parts = []
+    pos = 0
+    for start, end in spans:
+        if start < pos:  # overlaps the previous secret
+            start = pos
+            if end <= pos:
+                continue
+        parts.append(s[pos:start])
+        parts.append(REDACTED)
+        pos = end
+    parts.append(s[pos:])
+    return "".join(parts)
+
+
+def redact_json(o: Any) -> Any:
+    """A copy of a JSON value with secret-named fields and secret-looking
+    strings redacted."""
     t = type(o)
     if t is str:
-        return redact_str(o)
+        return redact_text(o)
     if t is dict:
-        return {k: (REDACTED if (type(v) is str and _is_secret_key(k)) else redact_obj(v))
-                for k, v in o.items()}
+        return {k: (REDACTED if (type(v) is str and is_secret_field(k)) else redact_json(v)) for k, v in o.items()}
     if t is list:
-        return [redact_obj(v) for v in o]
+        return [redact_json(v) for v in o]
     return o
 
 
 def redact_headers(h: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in h.items():
-        if _is_secret_key(k):
-            out[k] = REDACTED
-        else:
-            out[k] = redact_str(v)
-    return out
+    return {k: REDACTED if is_secret_field(k) else redact_text(v) for k, v in h.items()}
+
+
+def _redact_response(r: LlmResponse) -> LlmResponse:
+    return dataclasses.replace(
+        r, text=redact_text(r.text), thinking=redact_text(r.thinking) if r.thinking is not None else None,
+        tool_calls=[ToolCall(t.id, t.name, redact_json(t.arguments)) for t in r.tool_calls])
 
 
 class Redactor:
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
+    """Events as the sinks get them: captures masked, analysis redacted.
 
-    def feed(self, ev: Event) -> list[Event]:
-        t = ev.get("type")
-        if t == "llm_call":
-            try:
-                self._llm(ev)
-            except Exception:  # never leak a secret because of a bug: drop the payloads
-                self.stats["errors.redact"] += 1
-                ev["request"] = REDACTED
-                ev["response"] = {"text": REDACTED, "tool_calls": [], "stop_reason": None}
-                ev.pop("request_headers", None)
-                ev.pop("response_headers", None)
-        elif t == "http":
-            ev["path"] = redact_str(ev["path"]) if isinstance(ev.get("path"), str) else ev.get("path")
-        elif t == "exec" and isinstance(ev.get("argv"), list):
-            # e.g. curl -H "Authorization: Bearer ..." run by an agent
-            ev["argv"] = [redact_str(a) if isinstance(a, str) else a for a in ev["argv"]]
-        return [ev]
+    `view(event)` returns the event itself when it holds nothing to hide,
+    else a copy; the event given is never changed, so correlation and the
+    analyzers keep working on what was really seen."""
 
-    def _llm(self, ev: Event) -> None:
-        ev["path"] = redact_str(ev["path"])
-        ev["request"] = redact_obj(ev["request"])
-        ev["response"] = redact_obj(ev["response"])
-        if "error" in ev:
-            ev["error"] = redact_obj(ev["error"])
-        for k in ("request_headers", "response_headers"):
-            if isinstance(ev.get(k), dict):
-                ev[k] = redact_headers(ev[k])
+    def __init__(self) -> None:
+        self.errors = 0
 
-    def close(self) -> list[Event]:
+    def view(self, ev: Any) -> Any:
+        t = type(ev)
+        try:
+            if t is TlsData:
+                masked = mask_bytes(ev.data)
+                return ev if masked is ev.data else dataclasses.replace(ev, data=masked)
+            if t is Exec:
+                argv = mask_argv(ev.argv)
+                return ev if argv == ev.argv else dataclasses.replace(ev, argv=argv)
+            if t is LlmCall:
+                return self._llm(ev)
+            if t is HttpExchange:
+                path = redact_text(ev.path)
+                return ev if path == ev.path else dataclasses.replace(ev, path=path)
+        except Exception:  # never leak a secret because of a bug: drop the payload
+            self.errors += 1
+            return self._blank(ev)
+        return ev
+
+    def _llm(self, ev: LlmCall) -> LlmCall:
+        return dataclasses.replace(
+            ev, path=redact_text(ev.path), request=redact_json(ev.request), response=_redact_response(ev.response),
+            error=redact_json(ev.error) if ev.error is not None else None,
+            request_headers=redact_headers(ev.request_headers), response_headers=redact_headers(ev.response_headers))
+
+    @staticmethod
+    def _blank(ev: Any) -> Any:
+        if isinstance(ev, TlsData):
+            return dataclasses.replace(ev, data=b"*" * len(ev.data))
+        if isinstance(ev, Exec):
+            return dataclasses.replace(ev, argv=["*" * len(a) for a in ev.argv])
+        if isinstance(ev, LlmCall):
+            return dataclasses.replace(ev, request=REDACTED, response=LlmResponse(text=REDACTED),
+                                       request_headers={}, response_headers={}, path=REDACTED)
+        if isinstance(ev, HttpExchange):
+            return dataclasses.replace(ev, path=REDACTED)
+        return ev
+
+
+class RedactStage:
+    """The Redactor as the last analysis stage (the `Pipeline`'s redact=True)."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or Redactor()
+
+    def feed(self, ev: Any) -> list[Any]:
+        return [self.redactor.view(ev)]
+
+    def close(self) -> list[Any]:
         return []

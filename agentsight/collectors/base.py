@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 from ..bpf.object import BpfObject
-from ..events import CONFIG, STAT_NAMES
+from .records import CONFIG, STAT_NAMES
 
 
 @dataclass

@@ -1,18 +1,18 @@
-"""Raw ring-buffer records -> event dicts (docs/events.md).
+"""Raw ring-buffer records -> typed events (agentsight.events).
 
-This is the hot path: one struct unpack per record, names and comms
-decoded once and cached, SSL calls larger than one record merged back
-into one event. Nothing here raises on a bad record: it is counted.
+This is the hot path: one struct unpack per record, comms decoded once and
+cached, SSL calls larger than one record merged back into one event, their
+payload kept as bytes. Nothing here raises on a bad record: it is counted.
 """
 from __future__ import annotations
 
-import base64
 import posixpath
 import socket
 import time
 from collections import Counter
 
-from ..events import (
+from ..events import Connect, Exec, Exit, FileOp, Fork, Open, RawEvent, TlsData
+from .records import (
     EVENT_EXEC,
     EVENT_EXIT,
     EVENT_FORK,
@@ -34,13 +34,6 @@ def monotonic_to_unix_offset() -> int:
     wall = time.time_ns()
     after = time.monotonic_ns()
     return wall - (before + after) // 2
-
-
-def _payload(ev: dict, data: bytes) -> None:
-    try:
-        ev["data"] = data.decode()
-    except UnicodeDecodeError:
-        ev["data_b64"] = base64.b64encode(data).decode()
 
 
 def _components_to_path(components: bytes, truncated: int) -> str:
@@ -73,7 +66,7 @@ def _decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
 class _PendingCall:
     __slots__ = ("event", "parts", "received", "expected", "since")
 
-    def __init__(self, event: dict, data: bytes, expected: int):
+    def __init__(self, event: TlsData, data: bytes, expected: int):
         self.event = event
         self.parts = [data]
         self.received = len(data)
@@ -109,8 +102,8 @@ class RecordDecoder:
             EVENT_CONNECT: self._connect,
         }
 
-    def decode(self, records: list[bytes]) -> list[dict]:
-        out: list[dict] = []
+    def decode(self, records: list[bytes]) -> list[RawEvent]:
+        out: list[RawEvent] = []
         handlers = self._handlers
         for record in records:
             try:
@@ -124,13 +117,13 @@ class RecordDecoder:
                 self._bad(f"{type(exc).__name__}: {exc}")
         return out
 
-    def flush(self, older_than: float | None = None) -> list[dict]:
+    def flush(self, older_than: float | None = None) -> list[RawEvent]:
         """Emit SSL calls still waiting for pieces (all, or those pending longer
         than `older_than` seconds); their missing bytes count as truncated."""
         if not self._pending:
             return []
         now = time.monotonic()
-        out: list[dict] = []
+        out: list[RawEvent] = []
         for tid in list(self._pending):
             pending = self._pending[tid]
             if older_than is None or now - pending.since >= older_than:
@@ -142,23 +135,17 @@ class RecordDecoder:
         self.bad_records += 1
         self.bad_reasons[reason] += 1
 
-    def _header(self, kind: str, fields: tuple) -> dict:
+    def _task(self, kind: str, fields: tuple) -> tuple[int, int, int, str, int]:
+        """(ts, pid, tid, comm, uid) of a record's header."""
         comm = self._comms.get(fields[5])
         if comm is None:
             comm = fields[5].split(b"\0", 1)[0].decode("utf-8", "replace")
             if len(self._comms) < 65536:
                 self._comms[fields[5]] = comm
         self.counts[kind] += 1
-        return {
-            "type": kind,
-            "ts": fields[0] + self.clock_offset_ns,
-            "pid": fields[1],
-            "tid": fields[2],
-            "comm": comm,
-            "uid": fields[3],
-        }
+        return fields[0] + self.clock_offset_ns, fields[1], fields[2], comm, fields[3]
 
-    # Field positions follow the layouts in agentsight/events.py.
+    # Field positions follow the layouts in agentsight/collectors/records.py.
     _SSL = FAST[EVENT_SSL]
 
     def _ssl(self, record: bytes, out: list) -> None:
@@ -166,7 +153,7 @@ class RecordDecoder:
          truncated, gap, fn, direction, last, data) = self._SSL.decode(record)
         if offset:
             pending = self._pending.get(tid)
-            if pending is None or pending.received != offset or pending.event["conn"] != conn:
+            if pending is None or pending.received != offset or pending.event.conn != conn:
                 self._bad("ssl piece without its start")
                 return
             pending.parts.append(data)
@@ -178,18 +165,10 @@ class RecordDecoder:
         previous = self._pending.pop(tid, None)
         if previous is not None:
             self._finish(previous, out)
-        ev = self._header("ssl", (ts, pid, tid, uid, kind, comm))
-        ev["fn"] = SSL_FUNCTIONS[fn]
-        ev["dir"] = SSL_DIRECTIONS[direction]
-        ev["conn"] = conn
-        ev["len"] = length
-        ev["truncated"] = truncated
-        ev["gap"] = gap
-        ev["latency_ns"] = latency
-        ev["ret"] = ret
+        ev = TlsData(*self._task("ssl", (ts, pid, tid, uid, kind, comm)), SSL_FUNCTIONS[fn],
+                     SSL_DIRECTIONS[direction], conn, length, data, truncated, gap, latency, ret)
         if last:
             self.truncated_bytes += truncated
-            _payload(ev, data)
             out.append(ev)
         else:
             self._pending[tid] = _PendingCall(ev, data, length - truncated)
@@ -197,9 +176,9 @@ class RecordDecoder:
     def _finish(self, pending: _PendingCall, out: list) -> None:
         ev = pending.event
         missing = pending.expected - pending.received
-        ev["truncated"] += missing
-        self.truncated_bytes += ev["truncated"]
-        _payload(ev, b"".join(pending.parts))
+        ev.truncated += missing
+        self.truncated_bytes += ev.truncated
+        ev.data = b"".join(pending.parts)
         out.append(ev)
 
     _EXEC = FAST[EVENT_EXEC]
@@ -207,59 +186,48 @@ class RecordDecoder:
     def _exec(self, record: bytes, out: list) -> None:
         f = self._EXEC.decode(record)
         (ppid, _, _, args_truncated, _, cwd_truncated, filename, args, cwd) = f[6:]
-        ev = self._header("exec", f[:6])
-        ev["ppid"] = ppid
-        ev["filename"] = filename.decode("utf-8", "replace")
         argv = args.split(b"\0")
         if argv and argv[-1] == b"":
             argv.pop()
-        ev["argv"] = [a.decode("utf-8", "replace") for a in argv]
-        ev["argv_truncated"] = bool(args_truncated)
-        ev["cwd"] = _components_to_path(cwd, cwd_truncated)
-        out.append(ev)
+        out.append(Exec(*self._task("exec", f[:6]), ppid, filename.decode("utf-8", "replace"),
+                        [a.decode("utf-8", "replace") for a in argv], bool(args_truncated),
+                        _components_to_path(cwd, cwd_truncated)))
+
     _EXIT = FAST[EVENT_EXIT]
 
     def _exit(self, record: bytes, out: list) -> None:
         f = self._EXIT.decode(record)
-        ev = self._header("exit", f[:6])
-        ev["exit_code"], ev["signal"], ev["core_dumped"] = _decode_exit_status(f[7])
-        ev["duration_ns"] = f[6]
-        ev["ppid"] = f[8]
-        out.append(ev)
+        code, sig, core = _decode_exit_status(f[7])
+        out.append(Exit(*self._task("exit", f[:6]), code, sig, core, f[6], f[8]))
 
     _FORK = FAST[EVENT_FORK]
 
     def _fork(self, record: bytes, out: list) -> None:
         f = self._FORK.decode(record)
-        ev = self._header("fork", f[:6])
-        ev["child_pid"] = f[6]
-        out.append(ev)
+        out.append(Fork(*self._task("fork", f[:6]), f[6]))
 
     _OPEN = FAST[EVENT_OPEN]
 
     def _open(self, record: bytes, out: list) -> None:
         f = self._OPEN.decode(record)
         (ret, flags, _, _, resolved_truncated, path, resolved) = f[6:]
-        ev = self._header("open", f[:6])
-        ev["path"] = path.decode("utf-8", "replace")
-        ev["resolved"] = _components_to_path(resolved, resolved_truncated) if resolved else None
-        ev["flags"] = flags
-        ev["ret"] = ret
-        out.append(ev)
+        out.append(Open(*self._task("open", f[:6]), path.decode("utf-8", "replace"),
+                        _components_to_path(resolved, resolved_truncated) if resolved else None, flags, ret))
 
     _FILE = FAST[EVENT_FILE]
 
     def _file(self, record: bytes, out: list) -> None:
         f = self._FILE.decode(record)
         (ret, op, flags, _, _, _, _, path, path2, directory, directory2) = f[6:]
-        ev = self._header(FILE_OPS.get(op, "file"), f[:6])
-        ev["path"] = path.decode("utf-8", "replace")
-        ev["resolved"] = _join(directory, ev["path"])
-        if FILE_OPS.get(op) == "rename":
-            ev["new_path"] = path2.decode("utf-8", "replace")
-            ev["new_resolved"] = _join(directory2, ev["new_path"])
-        ev["flags"] = flags
-        ev["ret"] = ret
+        name = FILE_OPS.get(op)
+        if name is None:
+            self._bad(f"unknown file operation {op}")
+            return
+        text = path.decode("utf-8", "replace")
+        ev = FileOp(*self._task(name, f[:6]), name, text, _join(directory, text), flags=flags, ret=ret)
+        if name == "rename":
+            ev.new_path = path2.decode("utf-8", "replace")
+            ev.new_resolved = _join(directory2, ev.new_path)
         out.append(ev)
 
     _CONNECT = FAST[EVENT_CONNECT]
@@ -267,11 +235,8 @@ class RecordDecoder:
     def _connect(self, record: bytes, out: list) -> None:
         f = self._CONNECT.decode(record)
         (ret, family, port, addr) = f[6:]
-        ev = self._header("connect", f[:6])
         if family == socket.AF_INET6:
-            ev["family"], ev["addr"] = "ipv6", socket.inet_ntop(socket.AF_INET6, addr)
+            name, text = "ipv6", socket.inet_ntop(socket.AF_INET6, addr)
         else:
-            ev["family"], ev["addr"] = "ipv4", socket.inet_ntop(socket.AF_INET, addr[:4])
-        ev["port"] = port
-        ev["ret"] = ret
-        out.append(ev)
+            name, text = "ipv4", socket.inet_ntop(socket.AF_INET, addr[:4])
+        out.append(Connect(*self._task("connect", f[:6]), name, text, port, ret))

@@ -14,7 +14,7 @@ from ..bpf.ring import RingReader
 from ..bpf.tracefs import tracefs_available
 from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
-from ..events import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
+from .records import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
 from .tls.discovery import Discovery, TlsFile
 from .tls.libraries import NeedsAnalysis

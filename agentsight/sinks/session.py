@@ -1,25 +1,32 @@
-"""A recording session in one SQLite file.
+"""A recording session in one SQLite file: the writer (a sink) and the reader.
 
 Written as events arrive and committed at least every second, so a crash
 of agentsight or of the agent loses at most the last second. `meta.status`
 says how the recording ended: `recording` (it did not end: agentsight was
-killed or crashed), `complete`, or `stopped` with the reason.
+killed or crashed), `complete`, or `stopped: <why>`.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..analyzers import mask_event
+from ..analyzers.correlate import file_change
 from ..errors import AgentsightError
+from ..events import (
+    Connect, Exec, Exit, FileKey, FileOp, Fork, HttpExchange, Link, LlmCall, Open, ProcessKey, RawEvent, Unexplained,
+)
+from .base import Outcome, Sink
+from .files import check_new, invoking_user
+from .jsonl import safe_json
 
-SCHEMA_VERSION = "1"
-O_ACCMODE, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o3, 0o1, 0o2, 0o100, 0o1000
+SCHEMA_VERSION = "2"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -41,6 +48,9 @@ CREATE TABLE IF NOT EXISTS http_exchanges (id INTEGER PRIMARY KEY, ts INTEGER, p
 -- What each tool call caused, and the evidence for it.
 CREATE TABLE IF NOT EXISTS links (
     id INTEGER PRIMARY KEY, tool_call_id INTEGER, kind TEXT, target_id INTEGER, evidence TEXT);
+-- Activity of the agent's tree that no tool call explains.
+CREATE TABLE IF NOT EXISTS unexplained (
+    id INTEGER PRIMARY KEY, kind TEXT, target_id INTEGER, reason TEXT);
 CREATE TABLE IF NOT EXISTS raw_events (id INTEGER PRIMARY KEY, ts INTEGER, pid INTEGER, type TEXT, event TEXT);
 CREATE INDEX IF NOT EXISTS raw_ts ON raw_events(ts);
 CREATE INDEX IF NOT EXISTS raw_pid ON raw_events(pid);
@@ -55,36 +65,35 @@ CREATE INDEX IF NOT EXISTS links_tool ON links(tool_call_id);
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(safe_json(value)[0]).decode()
 
 
-# Devices and kernel interfaces: opened for writing all the time, never files changed.
-PSEUDO_FILE_PREFIXES = ("/dev/", "/proc/", "/sys/")
-
-
-def file_op(event: dict) -> str | None:
-    """What an open did to the file, if it may have changed it."""
-    if event.get("ret", -1) < 0:
-        return None
-    if (event.get("resolved") or event.get("path") or "").startswith(PSEUDO_FILE_PREFIXES):
-        return None
-    flags = event.get("flags", 0)
-    if flags & O_ACCMODE in (O_WRONLY, O_RDWR) or flags & (O_CREAT | O_TRUNC):
-        return "write"
-    return None
-
-
-class SessionWriter:
+class SessionWriter(Sink):
     COMMIT_SECONDS = 1.0
 
-    def __init__(self, path: str, meta: dict[str, Any]):
+    def __init__(self, path: str, meta: dict[str, Any], overwrite: bool = False):
         self.path = path
-        if os.path.exists(path):
-            raise AgentsightError(f"{path} exists already; choose another file with -o", exit_code=2)
+        for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+            check_new(p, overwrite, "--overwrite")
+        owner = invoking_user()
         try:
+            if overwrite:
+                for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+                    if os.path.lexists(p):
+                        os.unlink(p)
+            # Created here, private and owned by whoever ran sudo; SQLite
+            # gives its -wal and -shm files the same mode and owner.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.close(fd)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise AgentsightError(f"cannot create {path}: {exc}", exit_code=2) from None
+        except (OSError, sqlite3.Error) as exc:
+            raise AgentsightError(f"cannot create {path}: {getattr(exc, 'strerror', None) or exc}",
+                                  exit_code=2) from None
         # WAL: readers (report) see the last commit while recording goes on.
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -94,138 +103,195 @@ class SessionWriter:
         self._last_commit = time.monotonic()
         self._current_process: dict[int, int] = {}  # pid -> processes.id of what it runs now
         self._not_execed: set[int] = set()  # rows of forks that have not exec'd yet
+        self._process_rows: dict[ProcessKey, int] = {}
+        self._file_rows: dict[FileKey, int] = {}
+        self._tool_rows: dict[tuple[int, int, int], int] = {}  # (pid, started_ns, index) -> tool_calls.id
         self.counts = {"llm_calls": 0, "commands": 0, "files_written": 0, "connections": 0}
         self.tokens = {"input": 0, "output": 0}
+        self._losses: dict[str, int] = {}
+        self._handlers = {Exec: self._exec, Fork: self._fork, Exit: self._exit, Open: self._file, FileOp: self._file,
+                          Connect: self._connect, LlmCall: self._llm_call, HttpExchange: self._http,
+                          Link: self._link, Unexplained: self._unexplained}
 
     def set_meta(self, **values: Any) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                             [(k, _json(v)) for k, v in values.items()])
 
-    def write_raw(self, events: list[dict]) -> None:
-        rows = []
-        for e in events:
-            # Stored captures keep no secrets; TLS framing stays replayable.
-            e = mask_event(e)
-            rows.append((e.get("ts"), e.get("pid"), e.get("type"), _json(e)))
-            handler = self._process_handlers.get(e.get("type"))
-            if handler:
-                handler(self, e)
-        self.db.executemany("INSERT INTO raw_events (ts, pid, type, event) VALUES (?, ?, ?, ?)", rows)
+    def write(self, events: Sequence[Any]) -> None:
+        raw = []
+        handlers = self._handlers
+        try:
+            for e in events:
+                if isinstance(e, RawEvent):
+                    d = e.to_json()
+                    raw.append((e.ts, e.pid, d["type"], _json(d)))
+                handler = handlers.get(type(e))
+                if handler is not None:
+                    handler(e)
+            self.db.executemany("INSERT INTO raw_events (ts, pid, type, event) VALUES (?, ?, ?, ?)", raw)
+        except sqlite3.Error as exc:
+            self._failed(exc)
 
-    def write_derived(self, events: list[dict]) -> None:
-        for e in events:
-            if e.get("type") == "llm_call":
-                self._llm_call(e)
-            elif e.get("type") == "http":
-                self.db.execute("INSERT INTO http_exchanges (ts, pid, record) VALUES (?, ?, ?)",
-                                (e.get("ts"), e.get("pid"), _json(e)))
+    def _failed(self, exc: sqlite3.Error) -> None:
+        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+        raise AgentsightError(f"cannot write the session {self.path}: {exc}"
+                              + ("; free some space" if full else ""), exit_code=1) from None
 
-    def maybe_commit(self) -> None:
-        if time.monotonic() - self._last_commit >= self.COMMIT_SECONDS:
+    def tick(self, now: float) -> None:
+        if now - self._last_commit >= self.COMMIT_SECONDS:
             self.commit()
 
     def commit(self) -> None:
-        self.db.execute("COMMIT")
-        self.db.execute("BEGIN")
+        try:
+            self.db.execute("COMMIT")
+            self.db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._failed(exc)
         self._last_commit = time.monotonic()
 
-    def close(self, **meta: Any) -> None:
-        self.set_meta(ended_ns=time.time_ns(), **meta)
-        self.db.execute("COMMIT")
-        # Back to one self-contained file.
-        self.db.execute("PRAGMA journal_mode=DELETE")
-        self.db.close()
+    def close(self, outcome: Outcome | None = None, **meta: Any) -> None:
+        if outcome is not None:
+            meta = {"status": outcome.status, "losses": outcome.losses, "counts": outcome.counts,
+                    "analysis": outcome.stats, **outcome.extra, **meta}
+        try:
+            self.set_meta(ended_ns=time.time_ns(), **meta)
+            self.db.execute("COMMIT")
+            # Back to one self-contained file.
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+        finally:
+            self.db.close()
 
-    # --- process events -> rows ---
+    def losses(self) -> dict[str, int]:
+        return dict(self._losses)
 
-    def _exec(self, e: dict) -> None:
+    # --- events -> rows ---
+
+    def _exec(self, e: Exec) -> None:
         self.counts["commands"] += 1
-        row = self._current_process.get(e["pid"])
-        values = (e.get("comm"), e.get("filename"), _json(e.get("argv", [])), int(e.get("argv_truncated", False)),
-                  e.get("cwd"), e.get("uid"), e.get("ts"))
-        if row in self._not_execed:
+        row = self._current_process.get(e.pid)
+        values = (e.comm, e.filename, _json(e.argv), int(e.argv_truncated), e.cwd, e.uid, e.ts)
+        if row is not None and row in self._not_execed:
             self._not_execed.discard(row)
             # A forked child now runs its own program.
             self.db.execute("UPDATE processes SET comm=?, filename=?, argv=?, argv_truncated=?, cwd=?, uid=?, "
                             "exec_ns=? WHERE id=?", values + (row,))
             return
         if row is not None:
-            self.db.execute("UPDATE processes SET end_ns = ? WHERE id = ?", (e.get("ts"), row))
+            self.db.execute("UPDATE processes SET end_ns = ? WHERE id = ?", (e.ts, row))
         cur = self.db.execute(
             "INSERT INTO processes (pid, ppid, comm, filename, argv, argv_truncated, cwd, uid, start_ns, exec_ns) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (e["pid"], e.get("ppid")) + values[:-1] + (e.get("ts"), e.get("ts")))
-        self._current_process[e["pid"]] = cur.lastrowid
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (e.pid, e.ppid) + values[:-1] + (e.ts, e.ts))
+        self._remember_process(e.pid, ProcessKey(e.pid, e.ts), cur.lastrowid)
 
-    def _fork(self, e: dict) -> None:
+    def _remember_process(self, pid: int, key: ProcessKey, row: int | None) -> None:
+        assert row is not None
+        self._current_process[pid] = row
+        self._process_rows[key] = row
+
+    def _fork(self, e: Fork) -> None:
         cur = self.db.execute("INSERT INTO processes (pid, ppid, comm, uid, start_ns) VALUES (?, ?, ?, ?, ?)",
-                              (e["child_pid"], e["pid"], e.get("comm"), e.get("uid"), e.get("ts")))
-        self._current_process[e["child_pid"]] = cur.lastrowid
+                              (e.child_pid, e.pid, e.comm, e.uid, e.ts))
+        self._remember_process(e.child_pid, ProcessKey(e.child_pid, e.ts), cur.lastrowid)
+        assert cur.lastrowid is not None
         self._not_execed.add(cur.lastrowid)
 
-    def _exit(self, e: dict) -> None:
-        row = self._current_process.pop(e["pid"], None)
-        self._not_execed.discard(row)
+    def _exit(self, e: Exit) -> None:
+        row = self._current_process.pop(e.pid, None)
         if row is None:
             cur = self.db.execute("INSERT INTO processes (pid, ppid, comm, uid) VALUES (?, ?, ?, ?)",
-                                  (e["pid"], e.get("ppid"), e.get("comm"), e.get("uid")))
+                                  (e.pid, e.ppid, e.comm, e.uid))
             row = cur.lastrowid
+        self._not_execed.discard(row)  # type: ignore[arg-type]
         self.db.execute("UPDATE processes SET end_ns = ?, exit_code = ?, signal = ? WHERE id = ?",
-                        (e.get("ts"), e.get("exit_code"), e.get("signal"), row))
+                        (e.ts, e.exit_code, e.signal, row))
 
-    def _open(self, e: dict) -> None:
-        op = file_op(e)
-        if op:
-            self.counts["files_written"] += 1
-            self.db.execute("INSERT INTO file_activity (ts, pid, op, path, ret) VALUES (?, ?, ?, ?, ?)",
-                            (e.get("ts"), e.get("pid"), op, e.get("resolved") or e.get("path"), e.get("ret")))
-
-    def _file(self, e: dict) -> None:
+    def _file(self, e: Open | FileOp) -> None:
+        key = file_change(e)
+        if key is None:
+            return
         self.counts["files_written"] += 1
-        self.db.execute("INSERT INTO file_activity (ts, pid, op, path, new_path, ret) VALUES (?, ?, ?, ?, ?, ?)",
-                        (e.get("ts"), e.get("pid"), e.get("type"), e.get("resolved") or e.get("path"),
-                         e.get("new_resolved") or e.get("new_path"), e.get("ret")))
+        new_path = (e.new_resolved or e.new_path) if isinstance(e, FileOp) else None
+        cur = self.db.execute("INSERT INTO file_activity (ts, pid, op, path, new_path, ret) VALUES (?, ?, ?, ?, ?, ?)",
+                              (key.ts, key.pid, key.op, key.path, new_path, e.ret))
+        assert cur.lastrowid is not None
+        self._file_rows[key] = cur.lastrowid
 
-    def _connect(self, e: dict) -> None:
+    def _connect(self, e: Connect) -> None:
         self.counts["connections"] += 1
         self.db.execute("INSERT INTO connections (ts, pid, family, addr, port, ret) VALUES (?, ?, ?, ?, ?, ?)",
-                        (e.get("ts"), e.get("pid"), e.get("family"), e.get("addr"), e.get("port"), e.get("ret")))
+                        (e.ts, e.pid, e.family, e.addr, e.port, e.ret))
 
-    _process_handlers = {"exec": _exec, "fork": _fork, "exit": _exit, "open": _open, "unlink": _file,
-                         "rmdir": _file, "rename": _file, "connect": _connect}
+    def _http(self, e: HttpExchange) -> None:
+        self.db.execute("INSERT INTO http_exchanges (ts, pid, record) VALUES (?, ?, ?)", (e.ts, e.pid, _json(e.to_json())))
 
-    def _llm_call(self, e: dict) -> None:
-        usage = e.get("usage") or {}
+    def _llm_call(self, e: LlmCall) -> None:
+        usage = e.usage
         self.counts["llm_calls"] += 1
         self.tokens["input"] += usage.get("input_tokens") or 0
         self.tokens["output"] += usage.get("output_tokens") or 0
         cur = self.db.execute(
             "INSERT INTO llm_calls (started_ns, ended_ns, pid, provider, model, input_tokens, output_tokens, status, "
             "incomplete, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.get("started_ns"), e.get("ended_ns"), e.get("pid"), e.get("provider"), e.get("model"),
-             usage.get("input_tokens"), usage.get("output_tokens"), e.get("status"), int(bool(e.get("incomplete"))),
-             _json(e)))
-        for tc in (e.get("response") or {}).get("tool_calls") or []:
-            self.db.execute("INSERT INTO tool_calls (llm_call_id, call_id, name, arguments) VALUES (?, ?, ?, ?)",
-                            (cur.lastrowid, tc.get("id"), tc.get("name"), _json(tc.get("arguments"))))
+            (e.started_ns, e.ended_ns, e.pid, e.provider, e.model, usage.get("input_tokens"),
+             usage.get("output_tokens"), e.status, int(e.incomplete), _json(e.to_json())))
+        for i, tc in enumerate(e.response.tool_calls):
+            tool = self.db.execute("INSERT INTO tool_calls (llm_call_id, call_id, name, arguments) VALUES (?, ?, ?, ?)",
+                                   (cur.lastrowid, tc.id, tc.name, _json(tc.arguments)))
+            assert tool.lastrowid is not None
+            self._tool_rows[(e.pid, e.started_ns, i)] = tool.lastrowid
 
-    def replace_links(self, links: list[dict]) -> None:
-        self.db.execute("DELETE FROM links")
-        self.db.executemany("INSERT INTO links (tool_call_id, kind, target_id, evidence) VALUES (?, ?, ?, ?)",
-                            [(l["tool_call_id"], l["kind"], l["target_id"], _json(l["evidence"])) for l in links])
+    def _target_row(self, target: ProcessKey | FileKey) -> int | None:
+        if isinstance(target, ProcessKey):
+            return self._process_rows.get(target)
+        return self._file_rows.get(target)
+
+    def _link(self, link: Link) -> None:
+        ref = link.tool_call
+        tool = self._tool_rows.get((ref.llm_pid, ref.llm_started_ns, ref.index))
+        target = self._target_row(link.target)
+        if tool is None or target is None:
+            self._losses["links.unresolved"] = self._losses.get("links.unresolved", 0) + 1
+            return
+        self.db.execute("INSERT INTO links (tool_call_id, kind, target_id, evidence) VALUES (?, ?, ?, ?)",
+                        (tool, link.target_kind, target, _json(link.evidence)))
+
+    def _unexplained(self, u: Unexplained) -> None:
+        target = self._target_row(u.target)
+        if target is None:
+            self._losses["unexplained.unresolved"] = self._losses.get("unexplained.unresolved", 0) + 1
+            return
+        self.db.execute("INSERT INTO unexplained (kind, target_id, reason) VALUES (?, ?, ?)",
+                        (u.target_kind, target, u.reason))
 
 
 def open_session(path: str) -> sqlite3.Connection:
     """A finished or unfinished session, for reading."""
-    if not Path(path).exists():
+    p = Path(path)
+    if not p.exists():
         raise AgentsightError(f"{path}: no such file", exit_code=2)
+    if not os.access(p, os.R_OK):
+        raise AgentsightError(f"{path}: permission denied (it belongs to uid {p.stat().st_uid}; "
+                              "read it as that user or with sudo)", exit_code=2)
     try:
         # Not read-only: a session whose recording was cut off may still
         # need its write-ahead log replayed.
         db = sqlite3.connect(path)
         db.row_factory = sqlite3.Row
         db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "readonly" in str(exc) or "unable to open" in str(exc) or getattr(exc, "sqlite_errorcode", 0) in (
+                sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+            raise AgentsightError(f"{path}: permission denied ({exc}); its -wal or -shm file may belong to "
+                                  "another user: read it with sudo", exit_code=2) from None
+        raise AgentsightError(f"{path} is not an agentsight session ({exc})", exit_code=2) from None
     except sqlite3.DatabaseError as exc:
         raise AgentsightError(f"{path} is not an agentsight session ({exc})", exit_code=2) from None
+    except OSError as exc:
+        if exc.errno == errno.EACCES:
+            raise AgentsightError(f"{path}: permission denied", exit_code=2) from None
+        raise
     return db
 
 

@@ -1,4 +1,9 @@
-"""What a session shows a person (`report`), and every event in it (`export`)."""
+"""What a session shows a person (`report`), and every event in it (`export`).
+
+The report renders what the recording stored: the LLM calls, the links that
+correlation made between their tool calls and what those caused, and the
+activity correlation found no tool call for. It computes none of it.
+"""
 from __future__ import annotations
 
 import datetime
@@ -8,21 +13,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..analyzers.correlate import FileChange, LlmCall, Process, ToolCall, correlate
 from ..sinks.session import read_meta
-
-
-def load_correlation_input(db: sqlite3.Connection) -> tuple[list[LlmCall], list[Process], list[FileChange]]:
-    calls: dict[int, LlmCall] = {}
-    for row in db.execute("SELECT id, pid, started_ns, ended_ns FROM llm_calls ORDER BY started_ns"):
-        calls[row[0]] = LlmCall(row[0], row[1], row[2] or 0, row[3] or row[2] or 0)
-    for row in db.execute("SELECT id, llm_call_id, name, arguments FROM tool_calls ORDER BY id"):
-        if row[1] in calls:
-            calls[row[1]].tool_calls.append(ToolCall(row[0], row[2], orjson.loads(row[3]) if row[3] else None))
-    processes = [Process(r[0], r[1], r[2], orjson.loads(r[3]) if r[3] else None, r[4] or r[5] or 0, r[5])
-                 for r in db.execute("SELECT id, pid, ppid, argv, start_ns, exec_ns FROM processes")]
-    files = [FileChange(*r) for r in db.execute("SELECT id, ts, pid, op, path, new_path FROM file_activity")]
-    return list(calls.values()), processes, files
 
 
 def _clock(ns: int | None) -> str:
@@ -42,31 +33,33 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
     files = {r["id"]: dict(r) for r in db.execute("SELECT * FROM file_activity")}
     incomplete = []
     status = meta.get("status", "recording")
-    root_pids = set(meta.get("root_pids") or [])
-    links = [dict(r) for r in db.execute("SELECT * FROM links")]
+    losses = meta.get("losses") or {}
+    if str(meta.get("schema")) == "1":
+        incomplete.append("recorded by an older agentsight: links and unexplained activity are as it stored them")
     if status == "recording":
-        incomplete.append("the recording did not finish (agentsight was killed or crashed): "
-                          "up to its last second is missing")
-        # Links are made when a recording finishes: make them now.
-        llm_calls, procs, changes = load_correlation_input(db)
-        roots = {p.pid for p in procs if p.ppid not in {q.pid for q in procs}} if not root_pids else root_pids
-        result = correlate(llm_calls, procs, changes, roots)
-        links = [{**l, "evidence": orjson.dumps(l["evidence"]).decode()} for l in result.links]
+        incomplete.append("the recording did not finish (agentsight was killed or crashed): up to its last second "
+                          "is missing, and tool calls were not linked (links are made when a recording ends)")
     elif status != "complete":
         incomplete.append(f"the recording was {status.removeprefix('stopped: ')}")
     if meta.get("command_running_at_end"):
         incomplete.append("the command was still running when the recording stopped")
-    if meta.get("lost_records"):
-        incomplete.append(f"{meta['lost_records']} records ({meta.get('lost_bytes', 0)} bytes) were lost "
-                          "in a full ring buffer")
-    if meta.get("incomplete_llm_calls"):
-        incomplete.append(f"{meta['incomplete_llm_calls']} LLM calls are incomplete")
+    lost_records = losses.get("ring_full_records") or meta.get("lost_records")
+    if lost_records:
+        incomplete.append(f"{lost_records} records ({losses.get('ring_full_bytes') or meta.get('lost_bytes', 0)} "
+                          "bytes) were lost in a full ring buffer")
+    incomplete_calls = (meta.get("analysis") or {}).get("llm.incomplete") or meta.get("incomplete_llm_calls")
+    if incomplete_calls:
+        incomplete.append(f"{incomplete_calls} LLM calls are incomplete")
 
     by_tool: dict[int, list[dict]] = {}
-    linked = {"process": set(), "file": set()}
-    for l in links:
-        by_tool.setdefault(l["tool_call_id"], []).append(l)
-        linked[l["kind"]].add(l["target_id"])
+    for l in db.execute("SELECT * FROM links"):
+        by_tool.setdefault(l["tool_call_id"], []).append(dict(l))
+    unexplained = {"process": [], "file": []}
+    has_unexplained = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'unexplained'").fetchone() is not None
+    if has_unexplained:
+        for u in db.execute("SELECT * FROM unexplained ORDER BY id"):
+            unexplained[u["kind"]].append(dict(u))
 
     calls = []
     tokens: dict[str, dict[str, int]] = {}
@@ -83,7 +76,7 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
                 evidence = orjson.loads(l["evidence"])
                 if l["kind"] == "process":
                     p = processes.get(l["target_id"], {})
-                    activity.append({"kind": "process", "pid": p.get("pid"), "argv": orjson.loads(p["argv"] or "null"),
+                    activity.append({"kind": "process", "pid": p.get("pid"), "argv": orjson.loads(p.get("argv") or "null"),
                                      "exit_code": p.get("exit_code"), "signal": p.get("signal"),
                                      "evidence": evidence})
                 else:
@@ -100,20 +93,19 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
             "text": ((record.get("response") or {}).get("text") or "")[:200], "tool_calls": tool_calls,
         })
 
-    first_call = calls[0]["started_ns"] if calls else None
-    unexplained_processes = [
-        {"pid": p["pid"], "argv": orjson.loads(p["argv"]), "exit_code": p["exit_code"], "signal": p["signal"],
-         "started_ns": p["exec_ns"],
-         "reason": "started before any LLM call" if first_call is None or (p["exec_ns"] or 0) < first_call
-         else "no tool call explains it"}
-        for pid_row_id, p in sorted(processes.items(), key=lambda kv: kv[1]["exec_ns"] or 0)
-        if p["argv"] is not None and pid_row_id not in linked["process"] and p["pid"] not in root_pids
-    ]
-    unexplained_files = [
-        {"op": f["op"], "path": f["path"], "new_path": f["new_path"], "pid": f["pid"]}
-        for fid, f in sorted(files.items(), key=lambda kv: kv[1]["ts"] or 0)
-        if fid not in linked["file"] and f["pid"] not in root_pids
-    ]
+    unexplained_processes = []
+    for u in unexplained["process"]:
+        p = processes.get(u["target_id"])
+        if p is not None:
+            unexplained_processes.append({
+                "pid": p["pid"], "argv": orjson.loads(p["argv"] or "null"), "exit_code": p["exit_code"],
+                "signal": p["signal"], "started_ns": p["exec_ns"] or p["start_ns"], "reason": u["reason"]})
+    unexplained_files = []
+    for u in unexplained["file"]:
+        f = files.get(u["target_id"])
+        if f is not None:
+            unexplained_files.append({"op": f["op"], "path": f["path"], "new_path": f["new_path"], "pid": f["pid"],
+                                      "reason": u["reason"]})
     started, ended = meta.get("started_ns"), meta.get("ended_ns")
     return {
         "session": {"path": path, "status": status, "command": meta.get("command"), "pid": meta.get("pid"),
@@ -126,7 +118,8 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
             "commands": sum(1 for p in processes.values() if p["argv"] is not None),
             "files_written": len(files),
             "connections": db.execute("SELECT COUNT(*) FROM connections").fetchone()[0],
-            "bytes_lost": (meta.get("lost_bytes") or 0) + (meta.get("truncated_bytes") or 0),
+            "bytes_lost": (losses.get("ring_full_bytes") or meta.get("lost_bytes") or 0)
+            + (losses.get("truncated_bytes") or meta.get("truncated_bytes") or 0),
         },
     }
 

@@ -1,0 +1,110 @@
+"""The analysis chain: raw capture events in, `HttpExchange` and `LlmCall` out.
+
+Sans-I/O: no sockets, no threads, no clock. Raw events (agentsight.events)
+go in one at a time, in capture order; what they mean comes out::
+
+    analysis = Analysis()
+    for raw in events:
+        for event in analysis.feed(raw):   # process events, HttpExchange, LlmCall
+            ...
+    tail = analysis.close()
+    analysis.stats                          # {"skipped.not_http": 1, ...}
+
+Stages::
+
+    StreamReassembler -> Http1Parser (llhttp) -> LlmAnalyzer (providers/) [-> RedactStage]
+
+Process events pass through unchanged. Exchanges not seen whole carry
+`incomplete_reason`: process_exit, truncated, gap, malformed_http,
+connection_closed, end_of_capture, evicted, internal_error.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..events import EventDecodeError, RawEvent, from_json
+from .base import Stage, Stats
+from .http1 import Http1Parser
+from .llm import LlmAnalyzer
+from .reassembly import StreamReassembler
+from .redact import RedactStage
+
+
+class Analysis:
+    """``redact`` (default False here; the commands redact before writing)
+    replaces API keys, tokens and cookies in the output with "[REDACTED]".
+    ``provider_hosts`` maps a host (``"host"`` or ``"host:port"``) to a
+    provider name (``"anthropic"``, ``"openai"``, ``"gemini"``) for
+    endpoints that are not the provider's own, otherwise reported as
+    provider ``"unknown"``."""
+
+    def __init__(self, redact: bool = False, *, provider_hosts: Mapping[str, str] | None = None) -> None:
+        self._stats = Stats()
+        st = self._stats
+        stages: list[Stage] = [StreamReassembler(st), Http1Parser(st), LlmAnalyzer(st, provider_hosts)]
+        if redact:
+            stages.append(RedactStage())
+        self._stages = stages
+        self._first = stages[0]
+        self._rest = tuple(stages[1:])
+        self._closed = False
+
+    def feed(self, event: RawEvent | dict[str, Any]) -> list[Any]:
+        """One raw event in (or its JSON form); zero or more events out.
+        Never raises: what cannot be analysed is counted in `stats`."""
+        st = self._stats
+        st["events.in"] += 1
+        if self._closed:
+            st["skipped.after_close"] += 1
+            return []
+        if type(event) is dict:
+            try:
+                event = from_json(event)
+            except EventDecodeError:
+                st["skipped.malformed_event"] += 1
+                return []
+        elif not isinstance(event, RawEvent):
+            st["skipped.malformed_event"] += 1
+            return []
+        try:
+            evs = self._first.feed(event)
+            for s in self._rest:
+                if not evs:
+                    return evs
+                if len(evs) == 1:
+                    evs = s.feed(evs[0])
+                else:
+                    nxt: list[Any] = []
+                    for e in evs:
+                        nxt.extend(s.feed(e))
+                    evs = nxt
+            st["events.out"] += len(evs)
+            return evs
+        except Exception:
+            st["errors.internal"] += 1
+            return []
+
+    def close(self) -> list[Any]:
+        """End of input: flush pending exchanges (marked incomplete)."""
+        if self._closed:
+            return []
+        self._closed = True
+        out: list[Any] = []
+        stages = self._stages
+        for i, s in enumerate(stages):
+            try:
+                evs = s.close()
+                for nxt in stages[i + 1:]:
+                    acc: list[Any] = []
+                    for e in evs:
+                        acc.extend(nxt.feed(e))
+                    evs = acc
+                out.extend(evs)
+            except Exception:
+                self._stats["errors.internal"] += 1
+        self._stats["events.out"] += len(out)
+        return out
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)

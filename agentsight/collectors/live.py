@@ -1,0 +1,108 @@
+"""Live capture as a source of raw events: attach the collectors, drain
+their rings, decode, detach."""
+from __future__ import annotations
+
+import sys
+import time
+
+from ..bpf.object import detach_all
+from ..bpf.preflight import check_can_trace
+from ..bpf.ring import RingReader
+from ..events import RawEvent
+from .base import Collector
+from .decode import RecordDecoder
+
+POLL_MS = 100
+
+
+class LiveCapture:
+    """The `Source` of a live run (see agentsight.pipeline).
+
+    start() loads and attaches every collector; read() waits up to a poll
+    interval and returns what the kernel wrote; stop() detaches so nothing
+    new arrives, and finish() returns what was still in the rings."""
+
+    def __init__(self, collectors: list[Collector]):
+        self.collectors = collectors
+        self.decoder = RecordDecoder()
+        self.reader = RingReader()
+        self._started = 0.0
+        self._detached = False
+
+    def start(self) -> str:
+        check_can_trace()
+        self._started = time.monotonic()
+        for collector in self.collectors:
+            collector.start()
+            for obj in collector.objects:
+                if "events" not in obj.borrowed:  # a shared ring is read once
+                    self.reader.add(obj)
+        return "; ".join(c.describe() for c in self.collectors)
+
+    def read(self, timeout: float) -> list[RawEvent] | None:
+        records = self.reader.poll(int(timeout * 1000))
+        events = self.decoder.decode(records) if records else []
+        return events + self.decoder.flush(older_than=RecordDecoder.STALE_SECONDS)
+
+    def stop(self) -> None:
+        if not self._detached:
+            self._detached = True
+            detach_all(obj for collector in self.collectors for obj in collector.objects)
+
+    def finish(self) -> list[RawEvent]:
+        self.stop()
+        return self.decoder.decode(self.reader.drain()) + self.decoder.flush()
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.decoder.counts)
+
+    def losses(self) -> dict[str, int]:
+        """What the capture lost, by cause (only the causes that happened)."""
+        totals = {"ring_full_records": 0, "ring_full_bytes": 0, "read_faults": 0, "calls_missed": 0}
+        for collector in self.collectors:
+            for name, value in collector.kernel_stats().items():
+                totals[name] = totals.get(name, 0) + value
+        d = self.decoder
+        totals["truncated_bytes"] = d.truncated_bytes
+        totals["bad_records"] = d.bad_records + self.reader.callback_errors
+        for reason, n in d.bad_reasons.items():
+            totals[f"bad_record: {reason}"] = n
+        return totals
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def notes(self) -> list[str]:
+        """What the collectors want the user to know at the end."""
+        out = []
+        for collector in self.collectors:
+            out += getattr(collector, "notes", [])
+            if getattr(collector, "hooked_later", 0):
+                delays = sorted(collector.hook_delays_ms)  # type: ignore[attr-defined]
+                out.append(f"{collector.name}: hooked {collector.hooked_later} more files while running "  # type: ignore[attr-defined]
+                           f"({delays[len(delays) // 2]:.1f} ms median from exec or open to hooked)")
+        return out
+
+    def close(self) -> None:
+        self.reader.close()
+        for collector in self.collectors:
+            collector.close()
+
+
+def print_losses(seconds: float, counts: dict[str, int], losses: dict[str, int], stream=sys.stderr) -> None:
+    """The capture part of the summary a command prints when it stops."""
+    total = sum(counts.values())
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    print(f"agentsight: stopped after {seconds:.1f} s: {total} events ({kinds})", file=stream)
+    print(f"agentsight: lost in the ring buffer: {losses.get('ring_full_records', 0)} records "
+          f"({losses.get('ring_full_bytes', 0)} bytes of data); truncated: {losses.get('truncated_bytes', 0)} bytes; "
+          f"bad records: {losses.get('bad_records', 0)}", file=stream)
+    if losses.get("read_faults"):
+        print(f"agentsight: {losses['read_faults']} reads of user memory failed (paged out); those bytes are missing",
+              file=stream)
+    if losses.get("calls_missed"):
+        print(f"agentsight: {losses['calls_missed']} TLS calls were missed: the kernel had no memory to note their "
+              "start", file=stream)
+    for key, n in sorted(losses.items()):
+        if key.startswith("bad_record: "):
+            print(f"agentsight:   {key.replace('bad_record: ', 'bad record: ')}: {n}", file=stream)
