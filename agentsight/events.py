@@ -43,6 +43,11 @@ def _get(d: JsonObject, key: str, kind: type, optional: bool = False) -> Any:
     return v
 
 
+def _str_or(d: JsonObject, key: str) -> str:
+    v = d.get(key)
+    return v if isinstance(v, str) else ""
+
+
 def _int_or(d: JsonObject, key: str, default: int) -> int:
     v = d.get(key, default)
     return v if isinstance(v, int) and not isinstance(v, bool) else default
@@ -149,9 +154,8 @@ class Exec(RawEvent):
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise EventDecodeError("'exec' event: 'argv' is not a list of strings")
         return cls(*_head_fields(d), ppid=_int_or(d, "ppid", 0),
-                   filename=d.get("filename") if isinstance(d.get("filename"), str) else "",
-                   argv=argv, argv_truncated=bool(d.get("argv_truncated")),
-                   cwd=d.get("cwd") if isinstance(d.get("cwd"), str) else "")
+                   filename=_str_or(d, "filename"), argv=argv, argv_truncated=bool(d.get("argv_truncated")),
+                   cwd=_str_or(d, "cwd"))
 
 
 @dataclass(slots=True)

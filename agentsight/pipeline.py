@@ -73,6 +73,14 @@ class Pipeline:
         self.stop_reason: str | None = None
         self._reader_gone = False
         self._source_said: tuple[float, dict[str, int], dict[str, int]] | None = None
+        self._started: str | None = None
+
+    def start(self) -> str:
+        """Starts the source (attaches every probe); what it set up. Called
+        by batches() when nobody did before."""
+        if self._started is None:
+            self._started = self.source.start()
+        return self._started
 
     def stop(self, reason: str | None = None) -> None:
         """Ends the run after the current batch (safe from a signal handler)."""
@@ -88,7 +96,7 @@ class Pipeline:
         source is started first and always closed at the end."""
         source = self.source
         try:
-            description = source.start()
+            description = self.start()
             if ready is not None:
                 ready(description)
             deadline = time.monotonic() + duration if duration else None

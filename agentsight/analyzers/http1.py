@@ -195,7 +195,7 @@ class _Reader:
         # What peers that talk to each other accept, this observer must too:
         # blanks after a chunk size, bare LF line ends.
         parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True, lenient_optional_cr_before_lf=True)
-        return parser
+        return parser  # type: ignore[no-any-return]
 
     def _parse(self, data: bytes) -> None:
         if self.parser is None:
@@ -682,7 +682,7 @@ class _Connection:
             return
         assert answer.early is not None
         self.out += answer.early
-        self.early_size -= sum(len(e.data) for e in answer.early if type(e) is HttpBody)  # type: ignore[attr-defined]
+        self.early_size -= sum(len(e.data) for e in answer.early if isinstance(e, HttpBody))
         answer.early = None
         answer.method, answer.switch = x.method, x.switch
         if answer.ended:

@@ -74,7 +74,7 @@ class LiveCapture:
 
     def notes(self) -> list[str]:
         """What the collectors want the user to know at the end."""
-        out = []
+        out: list[str] = []
         for collector in self.collectors:
             out += getattr(collector, "notes", [])
             if getattr(collector, "hooked_later", 0):

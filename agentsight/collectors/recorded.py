@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import BinaryIO
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -97,3 +98,58 @@ class RecordedEvents:
     def close(self) -> None:
         if self._file is not sys.stdin.buffer:
             self._file.close()
+
+
+class GivenEvents:
+    """The `Source` of events a caller hands over (agentsight.analyze):
+    typed raw events, or their JSON form."""
+
+    def __init__(self, events: Iterable[RawEvent | dict[str, Any]]):
+        self._events = iter(events)
+        self._counts: dict[str, int] = {}
+        self.not_events = 0
+        self._started = 0.0
+
+    def start(self) -> str:
+        self._started = time.monotonic()
+        return "events given"
+
+    def read(self, timeout: float) -> list[RawEvent] | None:
+        out: list[RawEvent] = []
+        counts = self._counts
+        for ev in self._events:
+            if isinstance(ev, dict):
+                try:
+                    ev = from_json(ev)
+                except EventDecodeError:
+                    self.not_events += 1
+                    continue
+            elif not isinstance(ev, RawEvent):
+                self.not_events += 1
+                continue
+            counts[ev.kind] = counts.get(ev.kind, 0) + 1
+            out.append(ev)
+            if len(out) >= BATCH:
+                return out
+        return out or None
+
+    def stop(self) -> None:
+        pass
+
+    def finish(self) -> list[RawEvent]:
+        return []
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def losses(self) -> dict[str, int]:
+        return {"not_an_event": self.not_events}
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def notes(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass

@@ -11,7 +11,7 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class SessionWriter(Sink):
         self.counts = {"llm_calls": 0, "commands": 0, "files_written": 0, "connections": 0}
         self.tokens = {"input": 0, "output": 0}
         self._losses: dict[str, int] = {}
-        self._handlers = {Exec: self._exec, Fork: self._fork, Exit: self._exit, Open: self._file, FileOp: self._file,
+        self._handlers: dict[type, Callable[[Any], None]] = {Exec: self._exec, Fork: self._fork, Exit: self._exit, Open: self._file, FileOp: self._file,
                           Connect: self._connect, LlmCall: self._llm_call, HttpExchange: self._http,
                           Link: self._link, Unexplained: self._unexplained}
 
@@ -203,7 +203,8 @@ class SessionWriter(Sink):
             cur = self.db.execute("INSERT INTO processes (pid, ppid, comm, uid) VALUES (?, ?, ?, ?)",
                                   (e.pid, e.ppid, e.comm, e.uid))
             row = cur.lastrowid
-        self._not_execed.discard(row)  # type: ignore[arg-type]
+        if row is not None:
+            self._not_execed.discard(row)
         self.db.execute("UPDATE processes SET end_ns = ?, exit_code = ?, signal = ? WHERE id = ?",
                         (e.ts, e.exit_code, e.signal, row))
 
@@ -281,8 +282,7 @@ def open_session(path: str) -> sqlite3.Connection:
         db.row_factory = sqlite3.Row
         db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     except sqlite3.OperationalError as exc:
-        if "readonly" in str(exc) or "unable to open" in str(exc) or getattr(exc, "sqlite_errorcode", 0) in (
-                sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        if "readonly" in str(exc) or "unable to open" in str(exc):
             raise AgentsightError(f"{path}: permission denied ({exc}); its -wal or -shm file may belong to "
                                   "another user: read it with sudo", exit_code=2) from None
         raise AgentsightError(f"{path} is not an agentsight session ({exc})", exit_code=2) from None

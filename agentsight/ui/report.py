@@ -54,7 +54,7 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
     by_tool: dict[int, list[dict]] = {}
     for l in db.execute("SELECT * FROM links"):
         by_tool.setdefault(l["tool_call_id"], []).append(dict(l))
-    unexplained = {"process": [], "file": []}
+    unexplained: dict[str, list[dict[str, Any]]] = {"process": [], "file": []}
     has_unexplained = db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'unexplained'").fetchone() is not None
     if has_unexplained:
@@ -95,17 +95,17 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
 
     unexplained_processes = []
     for u in unexplained["process"]:
-        p = processes.get(u["target_id"])
-        if p is not None:
+        proc = processes.get(u["target_id"])
+        if proc is not None:
             unexplained_processes.append({
-                "pid": p["pid"], "argv": orjson.loads(p["argv"] or "null"), "exit_code": p["exit_code"],
-                "signal": p["signal"], "started_ns": p["exec_ns"] or p["start_ns"], "reason": u["reason"]})
+                "pid": proc["pid"], "argv": orjson.loads(proc["argv"] or "null"), "exit_code": proc["exit_code"],
+                "signal": proc["signal"], "started_ns": proc["exec_ns"] or proc["start_ns"], "reason": u["reason"]})
     unexplained_files = []
     for u in unexplained["file"]:
-        f = files.get(u["target_id"])
-        if f is not None:
-            unexplained_files.append({"op": f["op"], "path": f["path"], "new_path": f["new_path"], "pid": f["pid"],
-                                      "reason": u["reason"]})
+        change = files.get(u["target_id"])
+        if change is not None:
+            unexplained_files.append({"op": change["op"], "path": change["path"], "new_path": change["new_path"],
+                                      "pid": change["pid"], "reason": u["reason"]})
     started, ended = meta.get("started_ns"), meta.get("ended_ns")
     return {
         "session": {"path": path, "status": status, "command": meta.get("command"), "pid": meta.get("pid"),
