@@ -270,10 +270,15 @@ class SessionWriter(Sink):
 def open_session(path: str) -> sqlite3.Connection:
     """A finished or unfinished session, for reading."""
     p = Path(path)
-    if not p.exists():
-        raise AgentsightError(f"{path}: no such file", exit_code=2)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise AgentsightError(f"{path}: no such file", exit_code=2) from None
+    except PermissionError:
+        raise AgentsightError(f"{path}: permission denied (a directory on its path is not open to you)",
+                              exit_code=2) from None
     if not os.access(p, os.R_OK):
-        raise AgentsightError(f"{path}: permission denied (it belongs to uid {p.stat().st_uid}; "
+        raise AgentsightError(f"{path}: permission denied (it belongs to uid {st.st_uid}; "
                               "read it as that user or with sudo)", exit_code=2)
     try:
         # Not read-only: a session whose recording was cut off may still

@@ -107,10 +107,11 @@ def build_report(db: sqlite3.Connection, path: str) -> dict[str, Any]:
             unexplained_files.append({"op": change["op"], "path": change["path"], "new_path": change["new_path"],
                                       "pid": change["pid"], "reason": u["reason"]})
     started, ended = meta.get("started_ns"), meta.get("ended_ns")
+    last_event = db.execute("SELECT MAX(ts) FROM raw_events").fetchone()[0]
     return {
         "session": {"path": path, "status": status, "command": meta.get("command"), "pid": meta.get("pid"),
                     "comm": meta.get("comm"), "command_exit": meta.get("command_exit"),
-                    "started_ns": started, "ended_ns": ended, "incomplete": incomplete},
+                    "started_ns": started, "ended_ns": ended, "last_event_ns": last_event, "incomplete": incomplete},
         "llm_calls": calls,
         "unexplained": {"processes": unexplained_processes, "files": unexplained_files},
         "totals": {
@@ -132,8 +133,16 @@ def _evidence(e: dict) -> str:
 def render_text(report: dict[str, Any]) -> str:
     s = report["session"]
     what = _command(s["command"]) if s["command"] else f"pid {s['pid']}" if s["pid"] else f"comm {s['comm']}"
-    seconds = ((s["ended_ns"] or s["started_ns"] or 0) - (s["started_ns"] or 0)) / 1e9
-    lines = [f"Session {s['path']}: {s['status']} · {what} · exit {s['command_exit']} · {seconds:.1f} s"]
+    if s["status"] == "recording":  # agentsight was killed: it never wrote how it ended
+        last = s.get("last_event_ns")
+        seconds = ((last or s["started_ns"] or 0) - (s["started_ns"] or 0)) / 1e9
+        status = f"interrupted (the last event at {_clock(last)})" if last else "interrupted (no event was stored)"
+        head = f"{status} · {what} · exit unknown · {seconds:.1f} s until the last event"
+    else:
+        seconds = ((s["ended_ns"] or s["started_ns"] or 0) - (s["started_ns"] or 0)) / 1e9
+        exit_status = "unknown" if s["command_exit"] is None and s["command"] else s["command_exit"]
+        head = f"{s['status']} · {what} · exit {exit_status} · {seconds:.1f} s"
+    lines = [f"Session {s['path']}: {head}"]
     for reason in s["incomplete"]:
         lines.append(f"  incomplete: {reason}")
     lines += ["", "LLM calls"]
