@@ -156,10 +156,16 @@ class SessionWriter(Sink):
         try:
             self.set_meta(ended_ns=time.time_ns(), **meta)
             self.db.execute("COMMIT")
-            # Back to one self-contained file.
-            self.db.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:
+            self.db.close()
             self._failed(exc)
+        try:
+            # Back to one self-contained file, unless someone is reading it
+            # right now: then it stays a file with its -wal, complete as well.
+            self.db.execute("PRAGMA busy_timeout = 1000")
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass
         finally:
             self.db.close()
 
