@@ -107,6 +107,22 @@ class TlsData(RawEvent):
 
     @classmethod
     def from_json(cls, d: JsonObject) -> TlsData:
+        # The bulk of a replayed capture: well-formed events take one pass
+        # with no helper calls; anything odd goes through the checks below.
+        g = d.get
+        ts, pid, conn, direction, text = g("ts"), g("pid"), g("conn"), g("dir"), g("data")
+        tid, comm, uid, fn = g("tid", pid), g("comm", ""), g("uid", 0), g("fn", "")
+        n, trunc, gap, latency, ret = g("len", 0), g("truncated", 0), g("gap", 0), g("latency_ns", 0), g("ret", 0)
+        if (type(text) is str and type(ts) is int and type(pid) is int and type(conn) is int and type(tid) is int
+                and type(uid) is int and type(n) is int and type(trunc) is int and type(gap) is int
+                and type(latency) is int and type(ret) is int and type(comm) is str and type(fn) is str
+                and direction in _DIRECTIONS and n >= 0 and trunc >= 0 and gap >= 0 and latency >= 0):
+            return cls(ts, pid, tid, comm, uid, fn, direction, conn, n, text.encode("utf-8", "surrogatepass"),
+                       trunc, gap, latency, ret)
+        return cls._checked(d)
+
+    @classmethod
+    def _checked(cls, d: JsonObject) -> TlsData:
         text = d.get("data")
         if isinstance(text, str):
             data = text.encode("utf-8", "surrogatepass")
@@ -120,7 +136,7 @@ class TlsData(RawEvent):
         else:
             raise EventDecodeError("'ssl' event: neither 'data' nor 'data_b64' holds its bytes")
         direction = _get(d, "dir", str)
-        if direction not in ("send", "recv", "handshake", "close"):
+        if direction not in _DIRECTIONS:
             raise EventDecodeError(f"'ssl' event: 'dir' is {direction!r}")
 
         def count(key: str) -> int:
@@ -129,8 +145,10 @@ class TlsData(RawEvent):
         fn = d.get("fn", "")
         return cls(*_head_fields(d), fn=fn if isinstance(fn, str) else "", dir=direction,
                    conn=_get(d, "conn", int), len=count("len"), data=data, truncated=count("truncated"),
-                   gap=count("gap"), latency_ns=count("latency_ns"),
-                   ret=_int_or(d, "ret", 0))
+                   gap=count("gap"), latency_ns=count("latency_ns"), ret=_int_or(d, "ret", 0))
+
+
+_DIRECTIONS = frozenset(("send", "recv", "handshake", "close"))
 
 
 @dataclass(slots=True)

@@ -66,6 +66,11 @@ class Pipeline:
         self.source = source
         self.describe_end = describe_end
         self.sinks = list(sinks)
+        # The kinds some sink takes: only those are redacted and handed on
+        # (None: all; with no sinks, the caller of batches() takes all).
+        kinds = [sink.kinds for sink in self.sinks]
+        self._wanted: frozenset[str] | None = (
+            None if not kinds or any(k is None for k in kinds) else frozenset().union(*kinds))  # type: ignore[arg-type]
         self.analysis = analysis
         self.correlator = correlator
         self.redactor = Redactor() if redact else None
@@ -160,10 +165,16 @@ class Pipeline:
                 sink.write(batch if kinds is None else [e for e in batch if e.kind in kinds])
             sink.tick(now)
 
+    def _handed_on(self, events: list[Any]) -> list[Any]:
+        wanted, redactor = self._wanted, self.redactor
+        if wanted is not None:
+            events = [e for e in events if e.kind in wanted]
+        return [redactor.view(e) for e in events] if redactor is not None else events
+
     def _process(self, raw: list[RawEvent]) -> list[Any]:
-        analysis, correlator, redactor = self.analysis, self.correlator, self.redactor
+        analysis, correlator = self.analysis, self.correlator
         if analysis is None and correlator is None:
-            return [redactor.view(e) for e in raw] if redactor is not None else raw
+            return self._handed_on(raw)
         out: list[Any] = []
         for ev in raw:
             made = [e for e in analysis.feed(ev) if not isinstance(e, RawEvent)] if analysis is not None else []
@@ -174,7 +185,7 @@ class Pipeline:
                 made += linked
             out.append(ev)
             out += made
-        return [redactor.view(e) for e in out] if redactor is not None else out
+        return self._handed_on(out)
 
     def _close_analysis(self) -> list[Any]:
         made = [e for e in self.analysis.close() if not isinstance(e, RawEvent)] if self.analysis is not None else []
@@ -183,7 +194,7 @@ class Pipeline:
             for e in made:
                 linked += self.correlator.feed(e)
             made += linked + self.correlator.close()
-        return [self.redactor.view(e) for e in made] if self.redactor is not None else made
+        return self._handed_on(made)
 
     def outcome(self) -> Outcome:
         if self._source_said is None:

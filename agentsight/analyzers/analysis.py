@@ -53,7 +53,6 @@ class Analysis:
         """One raw event in (or its JSON form); zero or more events out.
         Never raises: what cannot be analysed is counted in `stats`."""
         st = self._stats
-        st["events.in"] += 1
         if self._closed:
             st["skipped.after_close"] += 1
             return []
@@ -78,7 +77,6 @@ class Analysis:
                     for e in evs:
                         nxt.extend(s.feed(e))
                     evs = nxt
-            st["events.out"] += len(evs)
             return evs
         except Exception:
             st["errors.internal"] += 1
@@ -102,9 +100,14 @@ class Analysis:
                 out.extend(evs)
             except Exception:
                 self._stats["errors.internal"] += 1
-        self._stats["events.out"] += len(out)
         return out
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._stats)
+        stats = dict(self._stats)
+        first = self._first
+        if isinstance(first, StreamReassembler) and first.tls_events:
+            # counted as plain integers on the hot path
+            stats["events.ssl"] = first.tls_events
+            stats["bytes.ssl"] = first.tls_bytes
+        return stats

@@ -61,6 +61,8 @@ class _Conn:
 class StreamReassembler:
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
+        self.tls_events = 0  # of all, and the bytes they held: kept apart from stats, they change every event
+        self.tls_bytes = 0
         self._conns: dict[ConnKey, _Conn] = {}
         self._by_pid: dict[int, set[ConnKey]] = {}
 
@@ -74,7 +76,7 @@ class StreamReassembler:
 
     def _tls(self, ev: TlsData) -> list[object]:
         stats = self.stats
-        stats["events.ssl"] += 1
+        self.tls_events += 1
         pid = ev.pid
         d = ev.dir
         if d != "send" and d != "recv":
@@ -97,7 +99,7 @@ class StreamReassembler:
         trunc = ev.truncated
         if not data and not gap and not trunc:
             return []
-        stats["bytes.ssl"] += len(data)
+        self.tls_bytes += len(data)
         if gap or trunc:
             stats["bytes.lost"] += gap + trunc
         if c is None:

@@ -81,25 +81,37 @@ _QUERY = r"(?i:[?&;](?:" + "|".join(re.escape(k) for k in _QUERY_KEYS) + r")=)"
 _OPTIONS = "|".join(re.escape(o) for o in _SECRET_OPTIONS)
 
 
-def _patterns(text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]:
-    """(pattern, test) pairs whose group "v" is a secret when test(match)
-    holds (or always); compiled for str or for bytes."""
-    sources: list[tuple[str, Callable[[re.Match[Any]], bool] | None]] = [
+# Words a secret's name holds: fields and variables whose name holds none of
+# them are never looked at (most payloads), so the costly patterns seldom run.
+_NAME_WORDS = ("key", "secret", "passw", "pwd", "pass", "token", "auth", "cookie", "credential")
+_NAME = r"[A-Za-z0-9_-]{0,40}(?i:key|secret|passw|pwd|pass|token|auth|cookie|credential)[A-Za-z0-9_-]{0,40}"
+# A pattern runs only if the lower-cased payload holds at least one word of
+# each of its groups: most payloads skip most patterns.
+Prechecks = tuple[tuple[str, ...], ...]
+
+
+def _patterns(text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None, Prechecks]]:
+    """(pattern, test, prechecks): group "v" of a match is a secret when
+    test(match) holds (or always); see _TRIGGERS for the prechecks."""
+    sources: list[tuple[str, Callable[[re.Match[Any]], bool] | None, Prechecks]] = [
         # a header line, in a capture or one argv element ("x-api-key: ...")
-        (r"(?m)^(?P<n>[A-Za-z0-9_-]{1,64}):[ \t]*(?P<v>[^\r\n]+)", _field),
+        (rf"(?m)^(?P<n>{_NAME}):[ \t]*(?P<v>[^\r\n]+)", _field, (_NAME_WORDS,)),
         # a JSON string field, also as a string inside JSON (\"api_key\": \"...\")
-        (r'\\*"(?P<n>[A-Za-z0-9_-]{1,64})\\*"\s*:\s*\\*"(?P<v>(?:[^"\\\r\n]|\\(?!\\*")){1,4096})', _field),
-        (r"(?:(?<=[Bb]earer )|(?<=[Bb]asic ))(?P<v>[A-Za-z0-9._~+/=\-]{8,})", None),
-        (rf"(?P<v>{_TOKEN})", None),
-        (rf"{_QUERY}(?P<v>[^&#\s\"']+)", None),
-        (r"://[^/\s:@]{1,256}:(?P<v>[^/\s@]{1,256})@", None),  # https://user:password@host
-        (r"(?<!\S)(?:-u|--user)(?:\s+|=)[^\s:]{1,256}:(?P<v>\S+)", None),  # curl -u user:pass
-        (rf"(?<!\S)--(?:{_OPTIONS})(?:=|\s+)(?P<v>[^\s-]\S*)", None),
-        (r"(?<![\w-])(?P<n>[A-Za-z_][A-Za-z0-9_]{0,63})=(?P<v>'[^']*'|\"[^\"]*\"|[^\s;&|]+)", _variable),
+        (rf'"(?P<n>{_NAME})\\*"\s*:\s*\\*"(?P<v>(?:[^"\\\r\n]|\\(?!\\*")){{1,4096}})', _field,
+         (('":',), _NAME_WORDS)),
+        (r"[Bb](?:earer|asic) (?P<v>[A-Za-z0-9._~+/=\-]{8,})", None, (("earer ", "asic "),)),
+        (rf"(?P<v>{_TOKEN})", None, (("sk-", "aiza", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+                                       "xox", "akia"),)),
+        (rf"{_QUERY}(?P<v>[^&#\s\"']+)", None, (("=",), ("?", "&", ";"))),
+        (r"://[^/\s:@]{1,256}:(?P<v>[^/\s@]{1,256})@", None, (("://",),)),  # https://user:password@host
+        (r"(?<!\S)(?:-u|--user)(?:\s+|=)[^\s:]{1,256}:(?P<v>\S+)", None, (("-u",),)),  # curl -u user:pass
+        (rf"(?<!\S)--(?:{_OPTIONS})(?:=|\s+)(?P<v>[^\s-]\S*)", None, (("--",), _NAME_WORDS)),
+        (rf"(?<![\w-])(?P<n>{_NAME})=(?P<v>'[^']*'|\"[^\"]*\"|[^\s;&|]+)", _variable, (("=",), _NAME_WORDS)),
     ]
     if text:
-        return [(re.compile(p), test) for p, test in sources]
-    return [(re.compile(p.encode()), test) for p, test in sources]
+        return [(re.compile(p), test, tuple(frozenset(g) for g in pre)) for p, test, pre in sources]
+    return [(re.compile(p.encode()), test, tuple(frozenset(w.encode() for w in g) for g in pre))
+            for p, test, pre in sources]
 
 
 def _field(m: re.Match[Any]) -> bool:
@@ -114,20 +126,20 @@ def _variable(m: re.Match[Any]) -> bool:
 
 _TEXT_PATTERNS = _patterns(text=True)
 _BYTES_PATTERNS = _patterns(text=False)
+_TEXT_WORDS = tuple(frozenset().union(*(g for _, _, pre in _TEXT_PATTERNS for g in pre)))
+_BYTES_WORDS = tuple(frozenset().union(*(g for _, _, pre in _BYTES_PATTERNS for g in pre)))
 
 
-def _may_hold_secret(s: str | bytes) -> bool:
-    """False when no pattern can match: cheap substring tests before any
-    regex runs over a (possibly long) payload."""
-    if isinstance(s, str):
-        return ":" in s or "=" in s or "-" in s or "_" in s or "AKIA" in s or "AIza" in s
-    return b":" in s or b"=" in s or b"-" in s or b"_" in s or b"AKIA" in s or b"AIza" in s
-
-
-def _spans(s: Any, patterns: list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]
+def _spans(s: Any, patterns: list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None, Any]]
            ) -> list[tuple[int, int]]:
+    lower = s.lower()
+    found = {w for w in (_TEXT_WORDS if isinstance(s, str) else _BYTES_WORDS) if w in lower}
+    if not found:
+        return []
     spans = []
-    for pattern, test in patterns:
+    for pattern, test, prechecks in patterns:
+        if any(found.isdisjoint(group) for group in prechecks):
+            continue
         for m in pattern.finditer(s):
             if test is None or test(m):
                 start, end = m.span("v")
@@ -138,7 +150,7 @@ def _spans(s: Any, patterns: list[tuple[re.Pattern[Any], Callable[[re.Match[Any]
 
 def mask_bytes(data: bytes) -> bytes:
     """`data` with every secret overwritten by as many ``*``."""
-    if not data or not _may_hold_secret(data):
+    if not data:
         return data
     spans = _spans(data, _BYTES_PATTERNS)
     if not spans:
@@ -187,6 +199,13 @@ def mask_argv(argv: list[str]) -> list[str]:
         follows = _argv_secret_follows(arg)
         out.append(masked)
     return out
+
+
+def _may_hold_secret(s: str) -> bool:
+    """False for text no pattern can match (most of what a model writes):
+    one-character tests run at memchr speed."""
+    return ("-" in s or "_" in s or ":" in s or "=" in s or "earer " in s or "asic " in s or "AKIA" in s
+            or "AIza" in s)
 
 
 def redact_text(s: str) -> str:
