@@ -23,6 +23,7 @@ thread or a signal handler of your own) or with `duration`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import AgentsightError
@@ -42,6 +43,19 @@ __all__ = [
 ]
 
 COLLECTORS = ("ssl", "process")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    pid: int | None
+    comm: str | None
+    uid: int | None
+    collectors: tuple[str, ...]
+    analyze: bool
+    redact: bool
+    max_capture: int
+    ring_size: int
+    file_opens: bool
 
 
 class Capture:
@@ -70,8 +84,7 @@ class Capture:
         if not 0 < max_capture <= 1 << 28:
             raise AgentsightError(f"max_capture must be between 1 and {1 << 28} bytes, not {max_capture}",
                                   exit_code=2)
-        self._settings = dict(pid=pid, comm=comm, uid=uid, collectors=chosen, analyze=analyze, redact=redact,
-                              max_capture=max_capture, ring_size=ring_size, file_opens=file_opens)
+        self._settings = _Settings(pid, comm, uid, chosen, analyze, redact, max_capture, ring_size, file_opens)
         self.duration = duration
         self._pipeline: Any = None
         self._batches: Iterator[list[Any]] | None = None
@@ -87,20 +100,20 @@ class Capture:
         from .pipeline import Pipeline
 
         s = self._settings
-        filters = Filters(pid=s["pid"], uid=s["uid"], comm=s["comm"])
-        wakeup = min(256 << 10, s["ring_size"] // 4)
+        filters = Filters(pid=s.pid, uid=s.uid, comm=s.comm)
+        wakeup = min(256 << 10, s.ring_size // 4)
         collectors: list[Any] = []
-        process = None
-        if "process" in s["collectors"]:
-            process = ProcessCollector(filters, s["ring_size"], wakeup, opens=s["file_opens"])
+        process: Any = None
+        if "process" in s.collectors:
+            process = ProcessCollector(filters, s.ring_size, wakeup, opens=s.file_opens)
             collectors.append(process)
-        if "ssl" in s["collectors"]:
+        if "ssl" in s.collectors:
             shared = (lambda: {"events": process.objects[0].map_fd("events")}) if process is not None else None
-            collectors.append(SslCollector(filters, s["ring_size"], wakeup, s["max_capture"], shared_maps=shared,
+            collectors.append(SslCollector(filters, s.ring_size, wakeup, s.max_capture, shared_maps=shared,
                                            report=lambda note: None))
-        analysis = Analysis() if s["analyze"] else None
-        correlator = Correlator() if s["analyze"] and process is not None else None
-        return Pipeline(LiveCapture(collectors), [], analysis=analysis, correlator=correlator, redact=s["redact"])
+        analysis = Analysis() if s.analyze else None
+        correlator = Correlator() if s.analyze and process is not None else None
+        return Pipeline(LiveCapture(collectors), [], analysis=analysis, correlator=correlator, redact=s.redact)
 
     def __enter__(self) -> Capture:
         self.start()

@@ -27,6 +27,7 @@ starts a new message there (a resync); it never affects other connections.
 """
 from __future__ import annotations
 
+import abc
 import enum
 import itertools
 from collections import OrderedDict, deque
@@ -122,7 +123,7 @@ def _until_close(status: int, method: str, headers: Headers) -> bool:
     return True
 
 
-class _Reader:
+class _Reader(abc.ABC):
     """One direction of a connection. llhttp calls its on_* methods."""
 
     __slots__ = ("c", "state", "parser", "in_message", "lost", "ts", "tid", "comm", "held", "scan", "x",
@@ -226,17 +227,21 @@ class _Reader:
             self.headers.append((name.lower(), value.strip(b" \t")))
 
     # what each direction does
+    @abc.abstractmethod
     def starts_message(self, data: bytes) -> bool:
-        raise NotImplementedError
+        """Whether a read starts a new message of this direction (a resync point)."""
 
+    @abc.abstractmethod
     def other_state(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Bytes in a state other than MESSAGES and BROKEN."""
 
+    @abc.abstractmethod
     def switched(self, rest: bytes) -> None:
-        raise NotImplementedError
+        """llhttp stopped at a protocol switch; `rest` followed it."""
 
+    @abc.abstractmethod
     def ended_badly(self, reason: str) -> None:
-        raise NotImplementedError
+        """The message being read cannot be finished."""
 
 
 class _RequestReader(_Reader):

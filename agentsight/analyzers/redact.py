@@ -87,10 +87,11 @@ _NAME_WORDS = ("key", "secret", "passw", "pwd", "pass", "token", "auth", "cookie
 _NAME = r"[A-Za-z0-9_-]{0,40}(?i:key|secret|passw|pwd|pass|token|auth|cookie|credential)[A-Za-z0-9_-]{0,40}"
 # A pattern runs only if the lower-cased payload holds at least one word of
 # each of its groups: most payloads skip most patterns.
-Prechecks = tuple[tuple[str, ...], ...]
+Prechecks = tuple[tuple[str, ...], ...]  # written as words; compiled into frozensets
 
 
-def _patterns(text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None, Prechecks]]:
+def _patterns(text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None,
+                                        tuple[frozenset[Any], ...]]]:
     """(pattern, test, prechecks): group "v" of a match is a secret when
     test(match) holds (or always); see _TRIGGERS for the prechecks."""
     sources: list[tuple[str, Callable[[re.Match[Any]], bool] | None, Prechecks]] = [

@@ -1,6 +1,7 @@
 """What a collector is: BPF objects attached with some filters."""
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class Filters:
         )
 
 
-class Collector:
+class Collector(abc.ABC):
     """Owns its BPF objects from start() to close()."""
 
     name = "collector"
@@ -43,8 +44,9 @@ class Collector:
     def __init__(self) -> None:
         self.objects: list[BpfObject] = []
 
+    @abc.abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Loads and attaches its BPF objects."""
 
     def describe(self) -> str:
         """One line for the `ready` message."""

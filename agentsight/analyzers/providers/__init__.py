@@ -17,6 +17,7 @@ An adapter answers three questions about an HTTP exchange:
 """
 from __future__ import annotations
 
+import abc
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def pick_usage(src: Any, mapping: dict[str, str]) -> dict[str, int]:
     return out
 
 
-class Merger:
+class Merger(abc.ABC):
     """Builds one response from a JSON body or from SSE events."""
 
     def __init__(self) -> None:
@@ -67,13 +68,13 @@ class Merger:
         # clients may close the connection before HTTP's end of the body.
         self.complete = False
 
-    # override these two
+    @abc.abstractmethod
     def feed_json(self, body: Any) -> None:
-        raise NotImplementedError
+        """The whole response body, parsed."""
 
+    @abc.abstractmethod
     def feed_sse(self, event: str | None, data: str) -> bool:
         """One SSE event; True when it carried generated content."""
-        raise NotImplementedError
 
     def finish(self) -> None:
         """End of response (after the last feed)."""
@@ -113,7 +114,7 @@ class Merger:
 
 
 @dataclass(frozen=True)
-class Adapter:
+class Adapter(abc.ABC):
     name: str
     hosts: tuple[str, ...] = ()
     host_suffixes: tuple[str, ...] = ()
@@ -121,11 +122,13 @@ class Adapter:
     def owns_host(self, host: str) -> bool:
         return host in self.hosts or (bool(self.host_suffixes) and host.endswith(self.host_suffixes))
 
+    @abc.abstractmethod
     def match_path(self, method: str, path: str) -> str | None:
-        raise NotImplementedError
+        """Which of its APIs the request path is, if any."""
 
+    @abc.abstractmethod
     def match_body(self, api: str, body: Any) -> bool:
-        raise NotImplementedError
+        """Whether a parsed request body has the shape of that API."""
 
     def model(self, api: str, path: str, body: Any) -> str | None:
         m = body.get("model") if isinstance(body, dict) else None
@@ -134,8 +137,9 @@ class Adapter:
     def is_stream(self, api: str, path: str, query: str, body: Any) -> bool:
         return isinstance(body, dict) and body.get("stream") is True
 
+    @abc.abstractmethod
     def new_merger(self, api: str, request: Any) -> Merger:
-        raise NotImplementedError
+        """What merges the response of one call."""
 
 
 ADAPTERS: list[Adapter] = []
