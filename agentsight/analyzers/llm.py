@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ..events import HttpExchange, LlmCall, LlmResponse, ToolCall
 from . import providers
 from .base import HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, json_loads
-from .encoding import BodyDecoder, DecodeError, decode_all
+from .encoding import BodyDecoder, DecodeError, DecompressionLimit, decode_all
 from .http1 import header_value, headers_dict
 from .sse import SSEParser
 
@@ -189,7 +189,9 @@ class LlmAnalyzer:
         enc = header_value(req.headers, b"content-encoding")
         if enc:
             try:
-                body = decode_all(body, enc, MAX_RESPONSE_BODY)
+                body = decode_all(body, enc, MAX_RESPONSE_BODY, stats=self.stats)
+            except DecompressionLimit:  # counted by the decoder
+                return None
             except DecodeError:
                 self.stats["skipped.bad_encoding"] += 1
                 return None
@@ -207,7 +209,7 @@ class LlmAnalyzer:
             x.sse = SSEParser()
         try:
             x.decoder = BodyDecoder(header_value(x.resp_headers, b"content-encoding"),
-                                    MAX_RESPONSE_BODY)
+                                    MAX_RESPONSE_BODY, stats=self.stats)
         except DecodeError:
             self.stats["skipped.bad_encoding"] += 1
             x.failed = "unsupported content-encoding"
@@ -219,6 +221,12 @@ class LlmAnalyzer:
         if x.decoder.active:
             try:
                 data = x.decoder.feed(data)
+            except DecompressionLimit as e:  # counted by the decoder
+                x.failed = str(e)
+                if x.sse is None:  # the JSON body is cut short: nothing to parse
+                    x.body = []
+                    return
+                data = e.output  # the events up to the cut still count
             except DecodeError:
                 self.stats["skipped.bad_encoding"] += 1
                 x.failed = "bad content-encoding"
