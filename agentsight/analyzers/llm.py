@@ -206,7 +206,7 @@ class LlmAnalyzer:
         ctype = (header_value(x.resp_headers, b"content-type") or "").lower()
         x.sse_mode = "text/event-stream" in ctype and x.status is not None and x.status < 300
         if x.sse_mode:
-            x.sse = SSEParser()
+            x.sse = SSEParser(self.stats)
         try:
             x.decoder = BodyDecoder(header_value(x.resp_headers, b"content-encoding"),
                                     MAX_RESPONSE_BODY, stats=self.stats)
