@@ -59,7 +59,7 @@ class _Http:
 class _Call:
     __slots__ = ("req", "host", "path", "provider", "api", "adapter", "model", "stream",
                  "request", "status", "resp_headers", "decoder", "sse", "body", "body_size",
-                 "merger", "first_token_ns", "failed", "sse_mode")
+                 "merger", "first_token_ns", "failed", "sse_mode", "analysis_error")
     llm = True
 
     def __init__(self, req: HttpRequest, host: str, path: str, provider: str, api: str,
@@ -83,6 +83,32 @@ class _Call:
         self.merger = adapter.new_merger(api, request)
         self.first_token_ns: int | None = None
         self.failed: str | None = None
+        self.analysis_error: str | None = None  # what failed in analysing it, if anything
+
+
+# Exceptions whose messages name types and positions, never values taken
+# from the traffic (as ValueError's and KeyError's can: a key, a token).
+_SAFE_MESSAGES = (TypeError, AttributeError, IndexError, RecursionError)
+
+
+def _what_failed(x: _Call, exc: BaseException) -> str:
+    """``"anthropic merger: TypeError in AnthropicMerger.finish (anthropic.py:97): ..."``"""
+    tb = exc.__traceback__
+    where, frame = "llm analyzer", None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_locals.get("self") is x.merger:
+            where = f"{x.adapter.name} merger"
+        tb = tb.tb_next
+    text = f"{where}: {type(exc).__name__}"
+    if frame is not None:
+        code = frame.f_code
+        owner = frame.f_locals.get("self")
+        name = f"{type(owner).__name__}.{code.co_name}" if owner is not None else code.co_name
+        text += f" in {name} ({code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})"
+    if isinstance(exc, _SAFE_MESSAGES):
+        text += f": {exc}"
+    return text[:500]
 
 
 class LlmAnalyzer:
@@ -101,9 +127,8 @@ class LlmAnalyzer:
             if x is not None and x.llm:
                 try:
                     self._body(x, ev)  # type: ignore[arg-type]
-                except Exception:
-                    self.stats["errors.llm"] += 1
-                    x.failed = "analyzer_error"  # type: ignore[union-attr]
+                except Exception as exc:
+                    self._analysis_failed(x, exc)  # type: ignore[arg-type]
             return []
         if t is HttpRequest:
             try:
@@ -119,20 +144,61 @@ class LlmAnalyzer:
                 if x.llm:
                     try:
                         self._response(x, ev)  # type: ignore[arg-type]
-                    except Exception:
-                        self.stats["errors.llm"] += 1
-                        x.failed = "analyzer_error"  # type: ignore[union-attr]
+                    except Exception as exc:
+                        self._analysis_failed(x, exc)  # type: ignore[arg-type]
             return []
         if t is HttpEnd:
             x = self._x.pop(ev.xid, None)  # type: ignore[attr-defined]
             if x is None:
                 return []
             try:
-                return [self._call_event(x, ev) if x.llm else self._http_event(x, ev)]  # type: ignore[arg-type]
-            except Exception:
-                self.stats["errors.llm"] += 1
-                return []
+                out = self._call_event(x, ev) if x.llm else self._http_event(x, ev)  # type: ignore[arg-type]
+            except Exception as exc:
+                if not x.llm:
+                    self.stats["errors.llm"] += 1
+                    return []
+                self._analysis_failed(x, exc)  # type: ignore[arg-type]
+                return [self._partial_call(x, ev)]  # type: ignore[arg-type]
+            if x.llm and x.analysis_error:  # type: ignore[union-attr]
+                out.analysis_error = x.analysis_error  # type: ignore[union-attr]
+                self.stats["llm.analysis_errors"] += 1
+            return [out]
         return [ev]
+
+    # -- when the analysis of a call fails --------------------------------------
+    def _analysis_failed(self, x: _Call, exc: Exception) -> None:
+        """Stops analysing the call's body, and remembers what failed first."""
+        self.stats["errors.llm"] += 1
+        x.failed = "analyzer_error"
+        if x.analysis_error is None:
+            x.analysis_error = _what_failed(x, exc)
+
+    def _partial_call(self, x: _Call, end: HttpEnd) -> LlmCall:
+        """The llm_call of an exchange whose analysis failed at its end: built
+        again from what the merger had gathered, or, should that fail too,
+        from the request alone; ``analysis_error`` says what failed."""
+        self.stats["llm.analysis_errors"] += 1
+        x.merger = providers.SalvagedMerger(x.merger)
+        x.decoder = None
+        x.sse = None
+        x.body = []
+        try:
+            call = self._call_event(x, end)
+            call.analysis_error = x.analysis_error
+            return call
+        except Exception as exc:
+            self.stats["errors.llm"] += 1
+            req = x.req
+            ended = end.ts if end.ts is not None else req.end_ts
+            return LlmCall(
+                ts=ended, provider=x.provider, api=x.api, model=x.model, stream=x.stream,
+                status=x.status, method=req.method, host=x.host, path=req.target, request=x.request,
+                request_headers={}, response_headers={},
+                response=LlmResponse(text="", tool_calls=[], stop_reason=None), usage={},
+                started_ns=req.ts, first_token_ns=x.first_token_ns, ended_ns=ended, pid=req.pid,
+                tid=req.tid, comm=req.comm, conn=req.conn, side=req.side,
+                incomplete_reason="internal_error", protocol=req.protocol,
+                analysis_error=f"{x.analysis_error}; then building the call: {_what_failed(x, exc)}")
 
     def close(self) -> list[object]:
         # HTTP ends every exchange it started; anything left is a request

@@ -20,10 +20,53 @@ from __future__ import annotations
 import abc
 import importlib
 import pkgutil
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
 from ..base import json_loads
+
+# A provider's body may have any JSON value anywhere: a merger reads every
+# field through these, so that a value of another type counts as missing
+# instead of raising.
+
+
+def as_dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def as_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def text_of(v: Any) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def as_index(v: Any, default: int) -> int:
+    """A list index as sent: an int, or a string of digits (``"0"``); else ``default``."""
+    if type(v) is int:
+        return v
+    if isinstance(v, str) and 0 < len(v) < 10 and v.isascii() and v.isdigit():
+        return int(v)
+    return default
+
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxstring = _short.maxother = 200
+_short.maxlong = 40
+
+
+def summary(v: Any, limit: int = 1000) -> str:
+    """A JSON value as a short string, however large or deep it is."""
+    if isinstance(v, str):
+        return v[:limit]
+    return _short.repr(v)[:limit]
 
 
 def parse_args(s: Any) -> Any:
@@ -87,7 +130,8 @@ class Merger(abc.ABC):
             for k in ("type", "code", "message", "param"):
                 v = err.get(k)
                 if v is not None:
-                    e[k] = v
+                    # codes are strings or numbers; anything else is summarised
+                    e[k] = v if isinstance(v, (str, int, float)) else summary(v)
             if isinstance(err.get("status"), str):  # Gemini: "INVALID_ARGUMENT"
                 e.setdefault("type", err["status"])
         elif isinstance(err, str):
@@ -95,7 +139,7 @@ class Merger(abc.ABC):
         elif isinstance(body, dict) and isinstance(body.get("message"), str):
             e["message"] = body["message"]
         elif body is not None:
-            e["message"] = str(body)[:1000]
+            e["message"] = summary(body)
         self.error = e
 
     def result(self) -> dict[str, Any]:
@@ -111,6 +155,35 @@ class Merger(abc.ABC):
         if self.id is not None:
             r["id"] = self.id
         return r
+
+
+class SalvagedMerger(Merger):
+    """What a merger that raised had gathered, checked field by field; it
+    takes nothing more."""
+
+    def __init__(self, broken: Merger) -> None:
+        super().__init__()
+        g = broken.__dict__.get
+        self.text_parts = [p for p in _list(g("text_parts")) if isinstance(p, str)]
+        self.thinking_parts = [p for p in _list(g("thinking_parts")) if isinstance(p, str)]
+        self.tool_calls = [c for c in _list(g("tool_calls")) if isinstance(c, dict)]
+        self.stop_reason = as_str(g("stop_reason"))
+        usage = g("usage")
+        self.usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
+        self.model = as_str(g("model"))
+        self.id = as_str(g("id"))
+        self.error = g("error") if isinstance(g("error"), dict) else None
+        self.complete = g("complete") is True
+
+    def feed_json(self, body: Any) -> None:
+        pass
+
+    def feed_sse(self, event: str | None, data: str) -> bool:
+        return False
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, parse_args, pick_usage
+from . import Adapter, Merger, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of
 
 _USAGE = {
     "input_tokens": "input_tokens",
@@ -29,20 +29,21 @@ class AnthropicMerger(Merger):
         if body.get("type") == "error":
             self.feed_error(body, 200)
             return
-        self.id = body.get("id") if isinstance(body.get("id"), str) else None
-        self.model = body.get("model") if isinstance(body.get("model"), str) else None
-        self.stop_reason = body.get("stop_reason")
+        self.id = as_str(body.get("id"))
+        self.model = as_str(body.get("model"))
+        self.stop_reason = as_str(body.get("stop_reason"))
         self._take_usage(body.get("usage"))
-        for block in body.get("content") or ():
+        for block in as_list(body.get("content")):
             if not isinstance(block, dict):
                 continue
             t = block.get("type")
             if t == "text":
-                self.text_parts.append(block.get("text") or "")
+                self.text_parts.append(text_of(block.get("text")))
             elif t == "thinking":
-                self.thinking_parts.append(block.get("thinking") or "")
-            elif t in ("tool_use", "server_tool_use"):
-                self.tool_calls.append({"id": block.get("id"), "name": block.get("name"),
+                self.thinking_parts.append(text_of(block.get("thinking")))
+            elif t == "tool_use" or t == "server_tool_use":
+                self.tool_calls.append({"id": as_str(block.get("id")),
+                                        "name": as_str(block.get("name")),
                                         "arguments": block.get("input")})
 
     def feed_sse(self, event: str | None, data: str) -> bool:
@@ -57,41 +58,46 @@ class AnthropicMerger(Merger):
             self.complete = True
         if t == "content_block_delta":
             idx = ev.get("index", 0)
+            if type(idx) is not int:
+                idx = as_index(idx, 0)
             b = self._blocks.get(idx)
             if b is None:
-                b = self._blocks[idx] = {"type": "text", "text": []}
-            d = ev.get("delta") or {}
+                b = self._blocks[idx] = {"type": "text", "start": {}}
+            d = ev.get("delta")
+            if not isinstance(d, dict):
+                return False
             dt = d.get("type")
             if dt == "text_delta":
-                s = d.get("text") or ""
+                s = text_of(d.get("text"))
                 b.setdefault("text", []).append(s)
                 return bool(s)
             if dt == "input_json_delta":
-                s = d.get("partial_json") or ""
+                s = text_of(d.get("partial_json"))
                 b.setdefault("json", []).append(s)
                 return bool(s)
             if dt == "thinking_delta":
-                s = d.get("thinking") or ""
+                s = text_of(d.get("thinking"))
                 b.setdefault("thinking", []).append(s)
                 return bool(s)
             return False
         if t == "content_block_start":
-            cb = ev.get("content_block") or {}
-            idx = ev.get("index", len(self._blocks))
+            cb = as_dict(ev.get("content_block"))
+            idx = as_index(ev.get("index"), len(self._blocks))
             b = {"type": cb.get("type"), "start": cb}
-            if cb.get("type") == "text" and cb.get("text"):
-                b["text"] = [cb["text"]]
+            text = text_of(cb.get("text")) if cb.get("type") == "text" else ""
+            if text:
+                b["text"] = [text]
             self._blocks[idx] = b
-            return bool(cb.get("text"))
+            return bool(text)
         if t == "message_start":
-            m = ev.get("message") or {}
-            self.id = m.get("id")
-            self.model = m.get("model")
+            m = as_dict(ev.get("message"))
+            self.id = as_str(m.get("id"))
+            self.model = as_str(m.get("model"))
             self._take_usage(m.get("usage"))
             return False
         if t == "message_delta":
-            d = ev.get("delta") or {}
-            if d.get("stop_reason") is not None:
+            d = as_dict(ev.get("delta"))
+            if isinstance(d.get("stop_reason"), str):
                 self.stop_reason = d["stop_reason"]
             self._take_usage(ev.get("usage"))
             return False
@@ -105,18 +111,28 @@ class AnthropicMerger(Merger):
         for idx in sorted(self._blocks):
             b = self._blocks[idx]
             t = b.get("type")
-            if t in ("tool_use", "server_tool_use"):
-                start = b.get("start") or {}
+            if t == "tool_use" or t == "server_tool_use":
+                start = b["start"]
                 if "json" in b:
                     args = parse_args("".join(b["json"]))
                 else:
                     args = start.get("input") if start.get("input") is not None else {}
-                self.tool_calls.append({"id": start.get("id"), "name": start.get("name"),
-                                        "arguments": args})
+                self.tool_calls.append({"id": as_str(start.get("id")),
+                                        "name": as_str(start.get("name")), "arguments": args})
             elif t == "thinking":
                 self.thinking_parts.append("".join(b.get("thinking", ())))
             else:
-                self.text_parts.append("".join(b.get("text", ())))
+                # a text block, or one whose start was lost or garbled: its
+                # deltas still say what it held
+                if "text" in b or not ("thinking" in b or "json" in b):
+                    self.text_parts.append("".join(b.get("text", ())))
+                if "thinking" in b:
+                    self.thinking_parts.append("".join(b["thinking"]))
+                if "json" in b:
+                    start = b["start"]
+                    self.tool_calls.append({"id": as_str(start.get("id")),
+                                            "name": as_str(start.get("name")),
+                                            "arguments": parse_args("".join(b["json"]))})
         self._blocks = {}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, pick_usage
+from . import Adapter, Merger, as_dict, as_list, as_str, pick_usage
 
 _USAGE = {
     "promptTokenCount": "input_tokens",
@@ -31,20 +31,21 @@ class GeminiMerger(Merger):
         if isinstance(body.get("usageMetadata"), dict):
             self.usage.update(pick_usage(body["usageMetadata"], _USAGE))
         content = False
-        cands = body.get("candidates") or []
+        cands = as_list(body.get("candidates"))
         c = cands[0] if cands and isinstance(cands[0], dict) else {}
         if c.get("finishReason") is not None:
-            self.stop_reason = c["finishReason"]
+            self.stop_reason = as_str(c["finishReason"]) or self.stop_reason
             self.complete = True  # Gemini's last chunk is the one with a finish reason
-        for part in (c.get("content") or {}).get("parts") or ():
+        for part in as_list(as_dict(c.get("content")).get("parts")):
             if not isinstance(part, dict):
                 continue
-            if isinstance(part.get("text"), str):
-                (self.thinking_parts if part.get("thought") else self.text_parts).append(part["text"])
-                content = content or bool(part["text"])
+            text = part.get("text")
+            if isinstance(text, str):
+                (self.thinking_parts if part.get("thought") else self.text_parts).append(text)
+                content = content or bool(text)
             fc = part.get("functionCall")
             if isinstance(fc, dict):
-                self.tool_calls.append({"id": fc.get("id"), "name": fc.get("name"),
+                self.tool_calls.append({"id": as_str(fc.get("id")), "name": as_str(fc.get("name")),
                                         "arguments": fc.get("args") if fc.get("args") is not None else {}})
                 content = True
         return content

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, parse_args, pick_usage
+from . import Adapter, Merger, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of
 
 _CHAT_USAGE = {
     "prompt_tokens": "input_tokens",
@@ -47,24 +47,25 @@ class ChatMerger(Merger):
             self.feed_error(body, 200)
             return
         self._meta(body)
-        choices = body.get("choices") or []
+        choices = as_list(body.get("choices"))
         c = choices[0] if choices and isinstance(choices[0], dict) else {}
-        self.stop_reason = c.get("finish_reason")
+        self.stop_reason = as_str(c.get("finish_reason"))
         msg = c.get("message")
         if isinstance(msg, dict):
-            if isinstance(msg.get("content"), str):
-                self.text_parts.append(msg["content"])
-            elif isinstance(msg.get("content"), list):  # content parts
-                for part in msg["content"]:
+            content = msg.get("content")
+            if isinstance(content, str):
+                self.text_parts.append(content)
+            elif isinstance(content, list):  # content parts
+                for part in content:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         self.text_parts.append(part["text"])
             for k in ("reasoning_content", "reasoning"):
                 if isinstance(msg.get(k), str):
                     self.thinking_parts.append(msg[k])
-            for tc in msg.get("tool_calls") or ():
+            for tc in as_list(msg.get("tool_calls")):
                 if isinstance(tc, dict):
-                    fn = tc.get("function") or {}
-                    self.tool_calls.append({"id": tc.get("id"), "name": fn.get("name"),
+                    fn = as_dict(tc.get("function"))
+                    self.tool_calls.append({"id": as_str(tc.get("id")), "name": as_str(fn.get("name")),
                                             "arguments": parse_args(fn.get("arguments"))})
         elif isinstance(c.get("text"), str):
             self.text_parts.append(c["text"])
@@ -92,10 +93,14 @@ class ChatMerger(Merger):
             return False
         self._meta(ev)
         content = False
-        for c in ev.get("choices") or ():
-            if not isinstance(c, dict) or c.get("index", 0) != 0:
+        choices = ev.get("choices")
+        for c in choices if isinstance(choices, list) else ():
+            if not isinstance(c, dict):
                 continue
-            if c.get("finish_reason") is not None:
+            i = c.get("index", 0)
+            if i != 0 and as_index(i, 0) != 0:
+                continue
+            if isinstance(c.get("finish_reason"), str):
                 self.stop_reason = c["finish_reason"]
             d = c.get("delta")
             if not isinstance(d, dict):
@@ -112,17 +117,17 @@ class ChatMerger(Merger):
                 if isinstance(r, str) and r:
                     self.thinking_parts.append(r)
                     content = True
-            for tc in d.get("tool_calls") or ():
+            for tc in as_list(d.get("tool_calls")):
                 if not isinstance(tc, dict):
                     continue
-                idx = tc.get("index", len(self._calls))
+                idx = as_index(tc.get("index"), len(self._calls))
                 call = self._calls.get(idx)
                 if call is None:
                     call = self._calls[idx] = {"id": None, "name": None, "args": []}
-                if tc.get("id"):
+                if isinstance(tc.get("id"), str) and tc["id"]:
                     call["id"] = tc["id"]
-                fn = tc.get("function") or {}
-                if fn.get("name"):
+                fn = as_dict(tc.get("function"))
+                if isinstance(fn.get("name"), str) and fn["name"]:
                     call["name"] = fn["name"]
                 a = fn.get("arguments")
                 if isinstance(a, str) and a:
@@ -152,28 +157,31 @@ class ResponsesMerger(Merger):
         if body.get("error") and not body.get("output"):
             self.feed_error(body, 200)
             return
+        self.id = as_str(body.get("id")) or self.id
+        self.model = as_str(body.get("model")) or self.model
+        det = as_dict(body.get("incomplete_details"))
+        self.stop_reason = as_str(det.get("reason")) or as_str(body.get("status"))
+        if isinstance(body.get("usage"), dict):
+            self.usage = pick_usage(body["usage"], _RESPONSES_USAGE)
+        output = body.get("output")
+        if not isinstance(output, list):
+            return  # no final snapshot: what the deltas said stays
         self._final = True
-        self.id = body.get("id")
-        self.model = body.get("model")
-        det = body.get("incomplete_details")
-        self.stop_reason = (det.get("reason") if isinstance(det, dict) and det.get("reason")
-                            else body.get("status"))
-        self.usage = pick_usage(body.get("usage"), _RESPONSES_USAGE)
         self.text_parts, self.thinking_parts, self.tool_calls = [], [], []
-        for item in body.get("output") or ():
+        for item in output:
             if not isinstance(item, dict):
                 continue
             t = item.get("type")
             if t == "message":
-                for part in item.get("content") or ():
+                for part in as_list(item.get("content")):
                     if isinstance(part, dict) and part.get("type") == "output_text":
-                        self.text_parts.append(part.get("text") or "")
+                        self.text_parts.append(text_of(part.get("text")))
             elif t == "function_call":
-                self.tool_calls.append({"id": item.get("call_id") or item.get("id"),
-                                        "name": item.get("name"),
+                self.tool_calls.append({"id": as_str(item.get("call_id")) or as_str(item.get("id")),
+                                        "name": as_str(item.get("name")),
                                         "arguments": parse_args(item.get("arguments"))})
             elif t == "reasoning":
-                for part in item.get("summary") or ():
+                for part in as_list(item.get("summary")):
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         self.thinking_parts.append(part["text"])
 
@@ -182,18 +190,24 @@ class ResponsesMerger(Merger):
         if not isinstance(ev, dict):
             return False
         t = ev.get("type") or event
-        if t in ("response.completed", "response.failed", "response.incomplete"):
+        if t == "response.completed" or t == "response.failed" or t == "response.incomplete":
             self.complete = True
+            r = ev.get("response")
+            if isinstance(r, dict):
+                if t == "response.failed" and isinstance(r.get("error"), dict):
+                    self.feed_error(r, 200)
+                self.feed_json(r)
+            return False
         if t == "response.output_text.delta":
-            s = ev.get("delta") or ""
+            s = text_of(ev.get("delta"))
             self._item(ev).setdefault("text", []).append(s)
             return bool(s)
         if t == "response.function_call_arguments.delta":
-            s = ev.get("delta") or ""
+            s = text_of(ev.get("delta"))
             self._item(ev).setdefault("args", []).append(s)
             return bool(s)
         if t == "response.reasoning_summary_text.delta":
-            s = ev.get("delta") or ""
+            s = text_of(ev.get("delta"))
             self._item(ev).setdefault("thinking", []).append(s)
             return bool(s)
         if t == "response.output_item.added" or t == "response.output_item.done":
@@ -201,24 +215,17 @@ class ResponsesMerger(Merger):
             if isinstance(item, dict):
                 self._item(ev)["item"] = item
             return False
-        if t in ("response.completed", "response.incomplete", "response.failed"):
-            r = ev.get("response")
-            if isinstance(r, dict):
-                if t == "response.failed" and isinstance(r.get("error"), dict):
-                    self.feed_error(r, 200)
-                self.feed_json(r)
-            return False
-        if t in ("response.created", "response.in_progress"):
-            r = ev.get("response") or {}
-            self.id = r.get("id")
-            self.model = r.get("model")
+        if t == "response.created" or t == "response.in_progress":
+            r = as_dict(ev.get("response"))
+            self.id = as_str(r.get("id")) or self.id
+            self.model = as_str(r.get("model")) or self.model
             return False
         if t == "error":
             self.feed_error({"error": ev.get("error") or ev}, 200)
         return False
 
     def _item(self, ev: dict[str, Any]) -> dict[str, Any]:
-        idx = ev.get("output_index", 0)
+        idx = as_index(ev.get("output_index"), 0)
         it = self._items.get(idx)
         if it is None:
             it = self._items[idx] = {}
@@ -229,11 +236,11 @@ class ResponsesMerger(Merger):
             return
         for idx in sorted(self._items):
             it = self._items[idx]
-            item = it.get("item") or {}
+            item = as_dict(it.get("item"))
             if item.get("type") == "function_call" or "args" in it:
                 args = "".join(it["args"]) if "args" in it else item.get("arguments")
-                self.tool_calls.append({"id": item.get("call_id") or item.get("id"),
-                                        "name": item.get("name"),
+                self.tool_calls.append({"id": as_str(item.get("call_id")) or as_str(item.get("id")),
+                                        "name": as_str(item.get("name")),
                                         "arguments": parse_args(args)})
             if "text" in it:
                 self.text_parts.append("".join(it["text"]))
@@ -244,7 +251,7 @@ class ResponsesMerger(Merger):
 class EmbeddingsMerger(Merger):
     def feed_json(self, body: Any) -> None:
         if isinstance(body, dict):
-            self.model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.model = as_str(body.get("model"))
             self.usage = pick_usage(body.get("usage"), _CHAT_USAGE)
 
     def feed_sse(self, event: str | None, data: str) -> bool:
