@@ -13,11 +13,14 @@ from typing import Any, TextIO
 from ..analyzers.correlate import file_change
 from ..events import Exec, FileOp, LlmCall, Open
 from ..sinks.base import Outcome, Sink
+from .text import printable
 
 REDRAW_SECONDS = 0.5
 
 
-def _tokens(n: int) -> str:
+def _tokens(n: object) -> str:
+    if type(n) is not int:
+        return printable(str(n)) if n else "0"
     return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
 
 
@@ -62,7 +65,9 @@ class LiveStatus(Sink):
                 self.calls += 1
                 usage = e.usage
                 took = (e.ended_ns - e.started_ns) / 1e9
-                self.last_call = (f"last: {e.model or '?'} {_tokens(usage.get('input_tokens') or 0)} in/"
+                # The model name comes from the traffic: shown through printable().
+                self.last_call = (f"last: {printable(e.model or '?')} "
+                                  f"{_tokens(usage.get('input_tokens') or 0)} in/"
                                   f"{_tokens(usage.get('output_tokens') or 0)} out {took:.1f}s")
 
     def tick(self, now: float) -> None:
