@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from ..bpf.object import BpfObject
-from ..bpf.tracefs import tracefs_available
+from ..bpf.tracefs import with_tracefs
 from ..errors import AgentsightError
 from .base import Collector, Filters
 
@@ -42,17 +42,19 @@ class ProcessCollector(Collector):
             obj.attach(program)
         if not self.kinds:
             return
-        try:
-            with tracefs_available():
-                for kind in self.kinds:
-                    required, optional = SYSCALL_PROGRAMS[kind]
-                    for program in required:
+
+        def attach_syscalls() -> None:
+            for kind in self.kinds:
+                required, optional = SYSCALL_PROGRAMS[kind]
+                for program in required:
+                    obj.attach(program)
+                for program in optional:
+                    try:
                         obj.attach(program)
-                    for program in optional:
-                        try:
-                            obj.attach(program)
-                        except AgentsightError as exc:
-                            self.notes.append(f"{program} not attached: {exc.message.splitlines()[0]}")
+                    except AgentsightError as exc:
+                        self.notes.append(f"{program} not attached: {exc.message.splitlines()[0]}")
+        try:
+            with_tracefs(attach_syscalls)
         except OSError as exc:
             raise AgentsightError(f"{exc.strerror}; file and network activity need tracefs") from None
 

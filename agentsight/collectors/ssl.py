@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ..bpf.object import BpfObject
 from ..bpf.ring import RingReader
-from ..bpf.tracefs import tracefs_available
+from ..bpf.tracefs import with_tracefs
 from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
 from .records import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
@@ -125,10 +125,12 @@ class SslCollector(Collector):
         # Programs started later, and libraries opened later, are hooked as
         # the kernel reports them.
         obj.attach("notice_exec")
+
+        def attach_open_notices() -> None:
+            for program in NOTICE_OPEN_PROGRAMS:
+                obj.attach(program)
         try:
-            with tracefs_available():
-                for program in NOTICE_OPEN_PROGRAMS:
-                    obj.attach(program)
+            with_tracefs(attach_open_notices)
         except OSError as exc:
             self.report(f"{exc.strerror}: libraries loaded after start from new paths are not hooked")
         self._notice_ring = RingReader()
