@@ -242,7 +242,8 @@ def capture_of(exchanges: list[Exchange], rnd: random.Random, conns: int = 1,
     c = Capture(pid=rnd.randrange(100, 60000))
     for i, x in enumerate(exchanges):
         conn = 1 + i % conns
-        read = rnd.choice([1, 7, 100, 1000, 16384, 1 << 20])
+        # now and then one byte at a time: the slowest and the most demanding
+        read = 1 if rnd.random() < 0.02 else rnd.choice([7, 100, 1000, 16384, 1 << 20])
         for piece in _split(x.request, rnd, 3):
             c.send(piece, conn)
         resp = x.response
@@ -339,3 +340,169 @@ def record_real_clients() -> list[list[dict[str, Any]]]:
             captures.append(mock.raw_events())
         http.close()
     return captures
+
+
+# -- what every llm_call must look like -----------------------------------------------------------
+def shape_problems(call: dict[str, Any]) -> list[str]:
+    """What is wrong with an llm_call's shape: the fields readers rely on,
+    whatever the provider sent.  Empty when nothing is."""
+    bad = []
+    r = call.get("response")
+    if not isinstance(r, dict):
+        return ["response is not an object"]
+    if not isinstance(r.get("text"), str):
+        bad.append("response.text is not a string")
+    if not isinstance(r.get("thinking", ""), str):
+        bad.append("response.thinking is not a string")
+    for k in ("stop_reason", "model", "id"):
+        if r.get(k) is not None and not isinstance(r[k], str):
+            bad.append(f"response.{k} is not a string")
+    tcs = r.get("tool_calls")
+    if not isinstance(tcs, list):
+        bad.append("response.tool_calls is not a list")
+    else:
+        for tc in tcs:
+            if not isinstance(tc, dict) or set(tc) != {"id", "name", "arguments"}:
+                bad.append(f"a tool call is not {{id, name, arguments}}: {tc!r:.80}")
+            elif any(tc[k] is not None and not isinstance(tc[k], str) for k in ("id", "name")):
+                bad.append(f"a tool call's id or name is not a string: {tc!r:.80}")
+    usage = call.get("usage")
+    if not isinstance(usage, dict) or not all(type(v) is int for v in usage.values()):
+        bad.append(f"usage is not names to integers: {usage!r:.80}")
+    if call.get("model") is not None and not isinstance(call["model"], str):
+        bad.append("model is not a string")
+    err = call.get("error")
+    if err is not None and not (isinstance(err, dict)
+                                and all(isinstance(v, (str, int, float)) for v in err.values())):
+        bad.append(f"error is not flat: {err!r:.80}")
+    return bad
+
+
+# -- captures as bytes ---------------------------------------------------------------------------
+def event_bytes(ev: dict[str, Any]) -> bytes:
+    import base64
+    return ev["data"].encode() if "data" in ev else base64.b64decode(ev.get("data_b64", ""))
+
+
+def with_bytes(ev: dict[str, Any], data: bytes) -> dict[str, Any]:
+    import base64
+    e = {k: v for k, v in ev.items() if k not in ("data", "data_b64")}
+    e["len"] = e["ret"] = len(data)
+    try:
+        e["data"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        e["data_b64"] = base64.b64encode(data).decode()
+    return e
+
+
+def mutate_capture(events: list[dict[str, Any]], rnd: random.Random,
+                   response_body_only: bool) -> list[dict[str, Any]]:
+    """A capture with one of its byte streams mutated, then cut again at its
+    reads' boundaries.  ``response_body_only``: only a response, and only
+    after its head, so the request and the response's status stay whole."""
+    streams: dict[tuple[int, str], list[int]] = {}
+    for i, e in enumerate(events):
+        if e.get("type") == "ssl" and e.get("len"):
+            streams.setdefault((e["conn"], e["dir"]), []).append(i)
+    if not streams:
+        return events
+    keys = sorted(streams)
+    if response_body_only:
+        keys = [k for k in keys if event_bytes(events[streams[k][0]]).startswith(b"HTTP/")]
+        if not keys:
+            return events
+    idx = streams[rnd.choice(keys)]
+    pieces = [event_bytes(events[i]) for i in idx]
+    data = b"".join(pieces)
+    start = body_start(data) if response_body_only else 0
+    mutated = mutate_bytes(data, rnd, start)
+    out = list(events)
+    pos = 0
+    for n, (i, piece) in enumerate(zip(idx, pieces)):
+        end = len(mutated) if n == len(idx) - 1 else min(len(mutated), pos + len(piece))
+        out[i] = with_bytes(events[i], mutated[pos:end])
+        pos = end
+    return [e for e in out if e.get("type") != "ssl" or e.get("len") or not e.get("ret")]
+
+
+# -- one fuzz run, as the test runs it (in a process of its own, for its peak RSS) ----------------
+def run_fuzz(seed: int, confused: int, mutated: int, real: list[list[dict[str, Any]]],
+             bombs: bool = True) -> dict[str, Any]:
+    """Runs the cases; returns {cases, failed_cases, failures (the first 20),
+    seconds, peak_rss_mib}."""
+    import time
+
+    import orjson
+
+    rnd = random.Random(seed)
+    failures: list[str] = []
+    failed_cases: set[str] = set()
+    counts = {"confused": 0, "mutated": 0, "bombs": 0}
+
+    def fail(what: str) -> None:
+        failed_cases.add(what.split(":", 1)[0])
+        if len(failures) < 20:
+            failures.append(what)
+
+    def check(case: str, events: list[dict[str, Any]], want_calls: int | None) -> None:
+        out, stats = analyze(events)
+        errors = {k: v for k, v in stats.items() if k.startswith("errors.")}
+        if errors:
+            fail(f"{case}: {errors}")
+        calls = [o for o in out if o["type"] == "llm_call"]
+        if want_calls is not None and len(calls) != want_calls:
+            fail(f"{case}: {len(calls)} llm_call for {want_calls} calls")
+        for c in calls:
+            if "analysis_error" in c:
+                fail(f"{case}: {c['analysis_error']}")
+            for p in shape_problems(c):
+                fail(f"{case}: {p}")
+        for o in out:
+            try:
+                orjson.dumps(o)
+            except TypeError as e:
+                fail(f"{case}: an output does not serialise: {e}")
+
+    t0 = time.perf_counter()
+    for i in range(confused):
+        n = rnd.choice([1, 1, 1, 2, 4])
+        xs = []
+        for _ in range(n):
+            api = rnd.choice(APIS)
+            enc = rnd.choice([None, None, "gzip", "br", "zstd", "deflate"])
+            xs.append(exchange_of(confused_body(api, rnd), rnd, encoding=enc))
+        events = capture_of(xs, rnd, conns=rnd.choice([1, 2]), exit_at_end=rnd.random() < 0.3)
+        check(f"confused #{i} ({', '.join(x.api for x in xs)}; seed {seed})", events, len(xs))
+        counts["confused"] += 1
+    for i in range(mutated):
+        base = rnd.choice(real)
+        whole = rnd.random() < 0.5
+        events = mutate_capture(base, rnd, response_body_only=not whole)
+        check(f"mutated #{i} ({'anywhere' if whole else 'response body'}; seed {seed})", events,
+              None if whole else 1)
+        counts["mutated"] += 1
+    if bombs:
+        from bombs import BOMBS, MiB
+        for enc, size in (("gzip", 2048 * MiB), ("br", 1024 * MiB), ("zstd", 512 * MiB),
+                          ("deflate", 1024 * MiB)):
+            b = provider_body("anthropic", rnd)
+            x = exchange_of(b, rnd)
+            x.response = response(200, BOMBS[enc](size), headers={"Content-Encoding": enc})
+            check(f"bomb ({enc}, {size >> 20} MiB)", capture_of([x], rnd), 1)
+            counts["bombs"] += 1
+    seconds = time.perf_counter() - t0
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    return {"cases": counts, "failed_cases": len(failed_cases), "failures": failures,
+            "seconds": seconds, "peak_rss_mib": peak}
+
+
+if __name__ == "__main__":
+    import sys
+
+    import orjson
+
+    seed, confused, mutated, real_path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    with open(real_path, "rb") as f:
+        real = orjson.loads(f.read())
+    print(json.dumps(run_fuzz(seed, confused, mutated, real)))

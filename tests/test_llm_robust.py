@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from agentsight.analyzers.providers import anthropic as anthropic_provider
-from fuzz_cases import APIS, analyze, capture_of, confused_body, exchange_of, provider_body
+from fuzz_cases import (APIS, analyze, capture_of, confused_body, exchange_of, provider_body,
+                        shape_problems)
 from llm_fixtures import Capture, of_type, request, response, sse_response
 from llm_mock import Script, anthropic_events, sse
 
@@ -46,23 +47,7 @@ def test_a_string_index_in_an_anthropic_stream_keeps_the_text():
 
 
 def check_shape(call) -> None:
-    """What readers of an llm_call rely on, whatever the provider sent."""
-    r = call["response"]
-    assert isinstance(r["text"], str)
-    assert r["stop_reason"] is None or isinstance(r["stop_reason"], str)
-    assert isinstance(r.get("thinking", ""), str)
-    for k in ("model", "id"):
-        assert r.get(k) is None or isinstance(r[k], str), k
-    assert isinstance(r["tool_calls"], list)
-    for tc in r["tool_calls"]:
-        assert isinstance(tc, dict) and set(tc) == {"id", "name", "arguments"}
-        assert tc["id"] is None or isinstance(tc["id"], str)
-        assert tc["name"] is None or isinstance(tc["name"], str)
-    assert all(isinstance(k, str) and type(v) is int for k, v in call["usage"].items())
-    assert call["model"] is None or isinstance(call["model"], str)
-    if "error" in call:
-        assert isinstance(call["error"], dict)
-        assert all(isinstance(v, (str, int, float)) for v in call["error"].values())
+    assert shape_problems(call) == []
 
 
 @pytest.mark.parametrize("api", APIS)
