@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import MutableMapping
-from typing import Callable
+from typing import IO, Callable, Protocol, cast
 
 from .budget import BodyBudget, BodyHold
 
 try:
     import brotli
 except ImportError:  # pragma: no cover - a dependency
-    brotli = None  # type: ignore[assignment]
+    brotli = None
 try:
     import zstandard
 except ImportError:  # pragma: no cover - a dependency
@@ -57,6 +57,14 @@ class DecompressionLimit(DecodeError):
 
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+class _Stage(Protocol):
+    """One content coding undone: at most ``room`` bytes out, or _Full."""
+
+    def feed(self, data: bytes, room: int) -> bytes: ...
+
+    def flush(self, room: int) -> bytes: ...
 
 
 class _Full(Exception):
@@ -172,13 +180,13 @@ class _Brotli:
         # room.  flush() drains whatever is left.
         d = self._d
         try:
-            out = d.process(data, output_buffer_limit=room + 1 if room < STEP else STEP)
+            out: bytes = d.process(data, output_buffer_limit=room + 1 if room < STEP else STEP)
             n = len(out)
             if n < _BROTLI_FIRST_BLOCK and not drain:
                 if n > room:
                     raise _Full(out[:room])
                 return out
-            parts = []
+            parts: list[bytes] = []
             while out:
                 parts.append(out)
                 if n > room:
@@ -228,7 +236,7 @@ class _Zstd:
         # (a decompressobj would join all of one call's output first), and
         # decodes frame after frame.
         self._w = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
-            self._sink, write_size=STEP)
+            cast(IO[bytes], self._sink), write_size=STEP)
 
     def feed(self, data: bytes, room: int) -> bytes:
         s = self._sink
@@ -248,7 +256,7 @@ class _Zstd:
         return b""
 
 
-_FACTORIES: dict[str, Callable[[], object]] = {
+_FACTORIES: dict[str, Callable[[], _Stage]] = {
     "gzip": lambda: _Zlib(True),
     "x-gzip": lambda: _Zlib(True),
     "deflate": lambda: _Zlib(False),
@@ -280,7 +288,7 @@ class BodyDecoder:
                  budget: BodyBudget | None = None,
                  stats: MutableMapping[str, int] | None = None) -> None:
         names = [n.strip().lower() for n in (encoding or "").split(",") if n.strip()]
-        chain = []
+        chain: list[_Stage] = []
         for n in reversed(names):  # the last applied encoding is undone first
             f = _FACTORIES.get(n)
             if f is None:
@@ -312,7 +320,7 @@ class BodyDecoder:
             return b""
         if self._hold is None and len(self._chain) == 1:  # the usual case, kept short
             try:
-                out = self._chain[0].feed(data, self._limit - self._size)  # type: ignore[attr-defined]
+                out = self._chain[0].feed(data, self._limit - self._size)
             except _Full as f:
                 return self._reached(f.output, len(data), False)
             self._size += len(out)
@@ -332,9 +340,9 @@ class BodyDecoder:
         for d in self._chain:
             try:
                 if out:
-                    out = d.feed(out, room)  # type: ignore[attr-defined]
+                    out = d.feed(out, room)
                 if flush:
-                    out += d.flush(room - len(out))  # type: ignore[attr-defined]
+                    out += d.flush(room - len(out))
             except _Full as f:
                 out = f.output
                 full = True
@@ -360,7 +368,8 @@ class BodyDecoder:
         if st is not None:
             st["skipped.decompression_limit"] = st.get("skipped.decompression_limit", 0) + 1
         if by_budget:
-            b = self._hold.budget  # type: ignore[union-attr]
+            assert self._hold is not None  # the budget bound: there is one
+            b = self._hold.budget
             reason = f"the memory budget of all buffered bodies ({_size(b.total)}) is used up"
             limit = self._size
         else:

@@ -12,6 +12,7 @@ nothing is left to clean up.  Without the right to make a mount namespace
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import sys
@@ -64,8 +65,9 @@ def with_tracefs(attach: Callable[[], T]) -> T:
     if isinstance(value, _NoNamespace):
         if mounted():
             return attach()  # someone else's mount, as it is
-        raise OSError(value.errno, f"tracefs is not mounted at {TRACEFS}, and agentsight cannot mount "
-                      f"it ({os.strerror(value.errno)} without CAP_SYS_ADMIN): mount it first "
+        err = value.errno or errno.EPERM
+        raise OSError(err, f"tracefs is not mounted at {TRACEFS}, and agentsight cannot mount "
+                      f"it ({os.strerror(err)} without CAP_SYS_ADMIN): mount it first "
                       f"(mount -t tracefs nodev {TRACEFS})")
     raise value  # type: ignore[misc]
 
