@@ -126,6 +126,11 @@ def test_a_shared_budget_caps_bodies_together_and_takes_releases_back(bombs):
     third.release()
     assert budget.used == 0 and budget.peak == 24 * MiB
     assert stats["skipped.decompression_limit"] == 2
+    # a whole body at once fits in what the budget has left, and holds nothing after
+    assert budget.hold().reserve(20 * MiB)
+    with pytest.raises(encoding.DecompressionLimit) as four:
+        decode_all(bombs["zstd"], "zstd", LIMIT, budget=budget)
+    assert len(four.value.output) == 4 * MiB and budget.used == 20 * MiB
 
 
 def encoding_zstd(data: bytes) -> bytes:

@@ -194,7 +194,7 @@ class LlmAnalyzer:
                 ts=ended, provider=x.provider, api=x.api, model=x.model, stream=x.stream,
                 status=x.status, method=req.method, host=x.host, path=req.target, request=x.request,
                 request_headers={}, response_headers={},
-                response=LlmResponse(text="", tool_calls=[], stop_reason=None), usage={},
+                response=LlmResponse(), usage={},
                 started_ns=req.ts, first_token_ns=x.first_token_ns, ended_ns=ended, pid=req.pid,
                 tid=req.tid, comm=req.comm, conn=req.conn, side=req.side,
                 incomplete_reason="internal_error", protocol=req.protocol,

@@ -21,15 +21,17 @@ class SSEParser:
 
     Lines end with CRLF, LF or CR; an empty line dispatches the event; several
     ``data:`` lines are joined with ``\\n``; comments and other fields are
-    ignored.  NUL bytes (lost bytes) end the current event.  Only complete
-    events are decoded (UTF-8, errors replaced), so a multi-byte character or
-    a line split across reads is fine.
+    ignored.  A NUL byte (a byte the capture lost) ends a line like LF, so a
+    hole ends the damaged event.  Only complete events are decoded (UTF-8,
+    errors replaced), so a multi-byte character or a line split across reads
+    is fine.
 
     Linear in the input whatever the read size: a line that does not end in
     one read is kept in pieces and joined once, when it ends.  An event over
     :data:`MAX_EVENT` bytes is cut: it is not returned, the parser skips to
     the next one, and ``stats`` (a Counter, if given) counts it in
-    ``skipped.sse_event_too_large`` and its bytes in ``skipped.sse_event_bytes``.
+    ``skipped.sse_event_too_large`` and its bytes (at least those seen
+    before its last read) in ``skipped.sse_event_bytes``.
     """
 
     __slots__ = ("_tail", "_tail_len", "_cr", "_event", "_data", "_size", "_counted", "_stats")

@@ -164,9 +164,9 @@ class SalvagedMerger(Merger):
     def __init__(self, broken: Merger) -> None:
         super().__init__()
         g = broken.__dict__.get
-        self.text_parts = [p for p in _list(g("text_parts")) if isinstance(p, str)]
-        self.thinking_parts = [p for p in _list(g("thinking_parts")) if isinstance(p, str)]
-        self.tool_calls = [c for c in _list(g("tool_calls")) if isinstance(c, dict)]
+        self.text_parts = [p for p in as_list(g("text_parts")) if isinstance(p, str)]
+        self.thinking_parts = [p for p in as_list(g("thinking_parts")) if isinstance(p, str)]
+        self.tool_calls = [c for c in as_list(g("tool_calls")) if isinstance(c, dict)]
         self.stop_reason = as_str(g("stop_reason"))
         usage = g("usage")
         self.usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
@@ -180,10 +180,6 @@ class SalvagedMerger(Merger):
 
     def feed_sse(self, event: str | None, data: str) -> bool:
         return False
-
-
-def _list(v: Any) -> list[Any]:
-    return v if isinstance(v, list) else []
 
 
 @dataclass(frozen=True)
