@@ -230,3 +230,33 @@ def test_legitimate_bodies_decode_exactly_in_any_read_size(enc):
         out = [d.feed(comp[i:i + read]) for i in range(0, len(comp), read)]
         out.append(d.flush())
         assert b"".join(out) == data, (enc, read)
+
+
+def test_bodies_held_at_once_share_one_budget():
+    """Request bodies of calls in flight on many connections add up to the
+    pipeline's body budget, not beyond: the one that does not fit is cut
+    and counted, and what the calls held is given back when they end."""
+    from agentsight.analyzers import Analysis
+    from llm_fixtures import Capture, request, response
+
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 600_000}]}
+    c = Capture()
+    whole = request("POST", "/v1/messages", "api.anthropic.com", body=body)
+    for start in range(0, len(whole), 100_000):  # the three bodies arrive side by side
+        for conn in (1, 2, 3):
+            c.send(whole[start:start + 100_000], conn=conn)
+    reply = {"id": "m", "type": "message", "model": "claude-x", "content": [{"type": "text", "text": "ok"}],
+             "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    for conn in (1, 2, 3):
+        c.recv(response(200, reply), conn=conn)
+    a = Analysis(body_budget=1_500_000)
+    held = []
+    out = []
+    for e in c.events:
+        out += a.feed(e)
+        held.append(a.budget.used)
+    calls = [o for o in out if o.kind == "llm_call"]
+    assert len(calls) == 3
+    assert max(held) <= 1_500_000 and a.budget.used == 0
+    assert a.stats["skipped.body_budget"] >= 1
+    assert sum(c.request is None or c.request_truncated for c in calls) >= 1

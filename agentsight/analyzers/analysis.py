@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from ..events import EventDecodeError, RawEvent, from_json
 from .base import Stage, Stats
+from .budget import DEFAULT_TOTAL, BodyBudget
 from .http1 import Http1Parser
 from .llm import LlmAnalyzer
 from .reassembly import StreamReassembler
@@ -36,12 +37,18 @@ class Analysis:
     ``provider_hosts`` maps a host (``"host"`` or ``"host:port"``) to a
     provider name (``"anthropic"``, ``"openai"``, ``"gemini"``) for
     endpoints that are not the provider's own, otherwise reported as
-    provider ``"unknown"``."""
+    provider ``"unknown"``. ``body_budget`` caps the bytes of bodies held at
+    once, all connections together (a body that does not fit is cut and
+    counted)."""
 
-    def __init__(self, redact: bool = False, *, provider_hosts: Mapping[str, str] | None = None) -> None:
+    def __init__(self, redact: bool = False, *, provider_hosts: Mapping[str, str] | None = None,
+                 body_budget: int = DEFAULT_TOTAL) -> None:
         self._stats = Stats()
         st = self._stats
-        stages: list[Stage] = [StreamReassembler(st), Http1Parser(st), LlmAnalyzer(st, provider_hosts)]
+        # One cap on all the body bytes the stages hold at once.
+        self.budget = BodyBudget(body_budget)
+        stages: list[Stage] = [StreamReassembler(st), Http1Parser(st, self.budget),
+                               LlmAnalyzer(st, provider_hosts, self.budget)]
         if redact:
             stages.append(RedactStage())
         self._stages = stages

@@ -35,6 +35,7 @@ from collections import OrderedDict, deque
 import httptools
 
 from .base import ConnKey, Headers, HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamData, StreamEnd
+from .budget import BodyBudget, BodyHold
 from .reassembly import REQUEST, classify_prefix
 
 MAX_HEADER_BYTES = 1 << 20  # a head longer than this is malformed
@@ -70,10 +71,11 @@ class _Unanswered(_Stop):
 class _Exchange:
     __slots__ = ("xid", "started", "tid", "comm", "method", "target", "headers", "version", "body",
                  "body_size", "capped", "incomplete", "responded", "resp_size", "switch", "until_close", "early",
-                 "ended")
+                 "ended", "hold")
 
-    def __init__(self, started: int, tid: int, comm: str) -> None:
+    def __init__(self, started: int, tid: int, comm: str, hold: BodyHold | None = None) -> None:
         self.xid = next(_xids)
+        self.hold = hold  # the request body's share of the pipeline's body budget
         self.started = started
         self.tid = tid
         self.comm = comm
@@ -259,7 +261,7 @@ class _RequestReader(_Reader):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.head_done = False
-        x = self.x = _Exchange(self.ts, self.tid, self.comm)
+        x = self.x = _Exchange(self.ts, self.tid, self.comm, self.c.budget.hold())
         self.headers = x.headers
         if self.lost:
             x.incomplete = self.lost
@@ -291,9 +293,15 @@ class _RequestReader(_Reader):
         if not x.capped:
             if x.body_size > MAX_REQUEST_BODY:
                 x.capped = True
-                x.body = []
+            elif x.hold is not None and not x.hold.reserve(len(body)):
+                x.capped = True
+                self.c.stats["skipped.body_budget"] += 1
             else:
                 x.body.append(body)
+                return
+            x.body = []
+            if x.hold is not None:
+                x.hold.release()
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -654,11 +662,12 @@ class _ResponseReader(_Reader):
 
 
 class _Connection:
-    __slots__ = ("key", "pid", "conn", "side", "stats", "out", "queue", "requests", "responses",
+    __slots__ = ("key", "pid", "conn", "side", "stats", "budget", "out", "queue", "requests", "responses",
                  "keep_alive", "last_ts", "early", "early_size")
 
-    def __init__(self, ev: StreamData, stats: Stats) -> None:
+    def __init__(self, ev: StreamData, stats: Stats, budget: BodyBudget) -> None:
         self.key: ConnKey = ev.key
+        self.budget = budget
         self.pid = ev.pid
         self.conn = ev.conn
         self.side = ev.side
@@ -682,6 +691,8 @@ class _Connection:
             x.method, x.target.decode("latin-1"), x.headers, x.version, b"".join(x.body), x.body_size, x.capped,
             x.incomplete))
         x.body = []
+        if x.hold is not None:  # handed on: the LLM stage keeps what it needs of it
+            x.hold.release()
         if answer is None:
             self.queue.append(x)
             return
@@ -733,8 +744,9 @@ class _Connection:
 
 
 class Http1Parser:
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, budget: BodyBudget | None = None) -> None:
         self.stats = stats
+        self.budget = budget if budget is not None else BodyBudget()
         self._conns: OrderedDict[ConnKey, _Connection] = OrderedDict()
         self._failed: set[ConnKey] = set()  # dropped after an internal error
 
@@ -760,7 +772,7 @@ class Http1Parser:
                 self.stats["http.evicted"] += 1
                 old = next(iter(conns))
                 evicted = self._drop(old, "evicted", conns[old].last_ts)
-            c = conns[key] = _Connection(ev, self.stats)
+            c = conns[key] = _Connection(ev, self.stats, self.budget)
         else:
             conns.move_to_end(key)
         c.last_ts = ev.ts

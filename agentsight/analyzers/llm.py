@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from ..events import HttpExchange, LlmCall, LlmResponse, ToolCall
 from . import providers
 from .base import HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, json_loads
+from .budget import BodyBudget, BodyHold
 from .encoding import BodyDecoder, DecodeError, DecompressionLimit, decode_all
 from .http1 import header_value, headers_dict
 from .sse import SSEParser
@@ -59,7 +60,7 @@ class _Http:
 class _Call:
     __slots__ = ("req", "host", "path", "provider", "api", "adapter", "model", "stream",
                  "request", "status", "resp_headers", "decoder", "sse", "body", "body_size",
-                 "merger", "first_token_ns", "failed", "sse_mode", "analysis_error")
+                 "merger", "first_token_ns", "failed", "sse_mode", "analysis_error", "hold")
     llm = True
 
     def __init__(self, req: HttpRequest, host: str, path: str, provider: str, api: str,
@@ -84,6 +85,15 @@ class _Call:
         self.first_token_ns: int | None = None
         self.failed: str | None = None
         self.analysis_error: str | None = None  # what failed in analysing it, if anything
+        self.hold: BodyHold | None = None  # an undecoded JSON body's share of the body budget
+
+    def release(self) -> None:
+        """The call is over: its bodies leave the budget."""
+        if self.decoder is not None:
+            self.decoder.release()
+        if self.hold is not None:
+            self.hold.release()
+        self.body = []
 
 
 # Exceptions whose messages name types and positions, never values taken
@@ -112,8 +122,10 @@ def _what_failed(x: _Call, exc: BaseException) -> str:
 
 
 class LlmAnalyzer:
-    def __init__(self, stats: Stats, provider_hosts: Mapping[str, str] | None = None) -> None:
+    def __init__(self, stats: Stats, provider_hosts: Mapping[str, str] | None = None,
+                 budget: BodyBudget | None = None) -> None:
         self.stats = stats
+        self.budget = budget if budget is not None else BodyBudget()
         self._x: dict[int, _Http | _Call] = {}
         # host (optionally host:port) -> provider name, for self-hosted or mock endpoints
         self._host_map = {k.lower(): v for k, v in (provider_hosts or {}).items()}
@@ -136,6 +148,7 @@ class LlmAnalyzer:
             except Exception:
                 self.stats["errors.llm"] += 1
                 self._x[ev.xid] = _Http(ev, "", "")  # type: ignore[attr-defined, arg-type]
+            ev.body = b""  # type: ignore[attr-defined]  # parsed now, or not wanted: not held until the response ends
             return []
         if t is HttpResponse:
             x = self._x.get(ev.xid)  # type: ignore[attr-defined]
@@ -159,6 +172,9 @@ class LlmAnalyzer:
                     return []
                 self._analysis_failed(x, exc)  # type: ignore[arg-type]
                 return [self._partial_call(x, ev)]  # type: ignore[arg-type]
+            finally:
+                if x.llm:
+                    x.release()  # type: ignore[union-attr]
             if x.llm and x.analysis_error:  # type: ignore[union-attr]
                 out.analysis_error = x.analysis_error  # type: ignore[union-attr]
                 self.stats["llm.analysis_errors"] += 1
@@ -275,7 +291,7 @@ class LlmAnalyzer:
             x.sse = SSEParser(self.stats)
         try:
             x.decoder = BodyDecoder(header_value(x.resp_headers, b"content-encoding"),
-                                    MAX_RESPONSE_BODY, stats=self.stats)
+                                    MAX_RESPONSE_BODY, budget=self.budget, stats=self.stats)
         except DecodeError:
             self.stats["skipped.bad_encoding"] += 1
             x.failed = "unsupported content-encoding"
@@ -307,8 +323,18 @@ class LlmAnalyzer:
             if x.first_token_ns is None and x.stream:
                 x.first_token_ns = ev.ts  # a streamed JSON array
             x.body_size += len(data)
-            if x.body_size <= MAX_RESPONSE_BODY:
-                x.body.append(data)
+            if x.body_size > MAX_RESPONSE_BODY:
+                return
+            if not x.decoder.active:  # decoded bytes are in the budget already
+                if x.hold is None:
+                    x.hold = self.budget.hold()
+                if not x.hold.reserve(len(data)):
+                    self.stats["skipped.body_budget"] += 1
+                    x.failed = "the response body did not fit in the memory kept for bodies"
+                    x.body = []
+                    x.hold.release()
+                    return
+            x.body.append(data)
 
     def _sse(self, x: _Call, events: list[tuple[str | None, str]], ts: int) -> None:
         feed = x.merger.feed_sse
