@@ -304,12 +304,12 @@ def test_database_protocol_and_random_bytes_are_counted_not_raised():
     assert p.stats["skipped.not_http"] >= 30
 
 
-def test_http2_preface_is_counted():
+def test_http2_preface_goes_to_the_http2_stage():
     c = Capture()
-    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00")
+    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00" + b"\x00" * 18)
     c.recv(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
     out, p = run(c.events)
-    assert out == [] and p.stats["skipped.http2"] == 1
+    assert out == [] and p.stats["h2.connections"] == 1 and "skipped.not_http" not in p.stats
 
 
 def test_malformed_http_then_resync_on_next_request():

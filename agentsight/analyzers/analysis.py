@@ -12,11 +12,13 @@ go in one at a time, in capture order; what they mean comes out::
 
 Stages::
 
-    StreamReassembler -> Http1Parser (llhttp) -> LlmAnalyzer (providers/) [-> RedactStage]
+    StreamReassembler -> Http2Parser (hyperframe, hpack) -> Http1Parser (llhttp)
+        -> WebSocketParser (wsproto) -> LlmAnalyzer (providers/) [-> RedactStage]
 
 Process events pass through unchanged. Exchanges not seen whole carry
 `incomplete_reason`: process_exit, truncated, gap, malformed_http,
-connection_closed, end_of_capture, evicted, internal_error.
+malformed_h2, hpack_context_lost, stream_reset, goaway, connection_closed,
+end_of_capture, evicted, internal_error.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 from ..events import EventDecodeError, RawEvent, from_json
 from .base import Stage, Stats
 from .http1 import Http1Parser
+from .http2 import Http2Parser
 from .llm import LlmAnalyzer
 from .reassembly import StreamReassembler
 from .redact import RedactStage
@@ -41,7 +44,7 @@ class Analysis:
     def __init__(self, redact: bool = False, *, provider_hosts: Mapping[str, str] | None = None) -> None:
         self._stats = Stats()
         st = self._stats
-        stages: list[Stage] = [StreamReassembler(st), Http1Parser(st), LlmAnalyzer(st, provider_hosts)]
+        stages: list[Stage] = [StreamReassembler(st), Http2Parser(st), Http1Parser(st), LlmAnalyzer(st, provider_hosts)]
         if redact:
             stages.append(RedactStage())
         self._stages = stages

@@ -34,7 +34,8 @@ from collections import OrderedDict, deque
 
 import httptools
 
-from .base import ConnKey, Headers, HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamData, StreamEnd
+from .base import (ConnKey, Headers, HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamData, StreamEnd,
+                   StreamSwitched, xids)
 from .reassembly import REQUEST, classify_prefix
 
 MAX_HEADER_BYTES = 1 << 20  # a head longer than this is malformed
@@ -44,9 +45,6 @@ MAX_HELD = 1 << 20  # response bytes no request asked for (yet), held at most
 MAX_CONNS = 4096  # connections with state; beyond this the least recently used is ended
 MAX_CAREFUL = 256 << 10  # bytes parsed one at a time to find where a response before one to HEAD ends
 _FILL_PIECE = b"\0" * MAX_FILL
-
-_xids = itertools.count(1)
-
 
 class ReaderState(enum.Enum):
     MESSAGES = "reading messages"  # llhttp parses, message after message
@@ -73,7 +71,7 @@ class _Exchange:
                  "ended")
 
     def __init__(self, started: int, tid: int, comm: str) -> None:
-        self.xid = next(_xids)
+        self.xid = next(xids)
         self.started = started
         self.tid = tid
         self.comm = comm
