@@ -1,4 +1,5 @@
-"""The analysis chain: raw capture events in, `HttpExchange` and `LlmCall` out.
+"""The analysis chain: raw capture events in, `HttpExchange`, `LlmCall` and
+`WebSocketSession` out.
 
 Sans-I/O: no sockets, no threads, no clock. Raw events (agentsight.events)
 go in one at a time, in capture order; what they mean comes out::
@@ -30,6 +31,7 @@ from .http1 import Http1Parser
 from .http2 import Http2Parser
 from .llm import LlmAnalyzer
 from .reassembly import StreamReassembler
+from .websocket import WebSocketParser
 from .redact import RedactStage
 
 
@@ -44,7 +46,8 @@ class Analysis:
     def __init__(self, redact: bool = False, *, provider_hosts: Mapping[str, str] | None = None) -> None:
         self._stats = Stats()
         st = self._stats
-        stages: list[Stage] = [StreamReassembler(st), Http2Parser(st), Http1Parser(st), LlmAnalyzer(st, provider_hosts)]
+        stages: list[Stage] = [StreamReassembler(st), Http2Parser(st), Http1Parser(st), WebSocketParser(st),
+                               LlmAnalyzer(st, provider_hosts)]
         if redact:
             stages.append(RedactStage())
         self._stages = stages

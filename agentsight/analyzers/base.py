@@ -150,9 +150,8 @@ class WsMessage:
     first_ts: int  # when its first frame was read
     from_client: bool
     opcode: str  # text, binary, ping, pong, close
-    data: bytes  # the payload, uncompressed (text: UTF-8); empty when over the size kept
-    size: int  # payload bytes, uncompressed
-    wire_size: int  # bytes on the wire, frame headers included
+    data: str | bytes  # the payload, uncompressed: str for text; empty when over the size kept
+    size: int  # payload bytes, uncompressed (text: UTF-8)
     incomplete: str | None = None  # bytes of it were lost, or it never ended
     close_code: int | None = None
     close_reason: str | None = None
@@ -163,4 +162,6 @@ class WsEnd:
     xid: int
     key: ConnKey
     ts: int
-    incomplete: str | None  # why the connection ended without a closing handshake, or None
+    reason: str  # how the connection ended: connection_closed, process_exit, end_of_capture, ...
+    client_wire_bytes: int  # what each direction carried, frame headers included
+    server_wire_bytes: int

@@ -24,7 +24,7 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall
+from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall, WebSocketSession
 
 REDACTED = "[REDACTED]"
 
@@ -278,6 +278,11 @@ class Redactor:
             if t is HttpExchange:
                 path = redact_text(ev.path)
                 return ev if path == ev.path else dataclasses.replace(ev, path=path)
+            if t is WebSocketSession:
+                path = redact_text(ev.path)
+                reason = redact_text(ev.close_reason) if ev.close_reason else ev.close_reason
+                return ev if path == ev.path and reason == ev.close_reason else dataclasses.replace(
+                    ev, path=path, close_reason=reason)
         except Exception:  # never leak a secret because of a bug: drop the payload
             self.errors += 1
             return self._blank(ev)
@@ -300,6 +305,8 @@ class Redactor:
                                        request_headers={}, response_headers={}, path=REDACTED)
         if isinstance(ev, HttpExchange):
             return dataclasses.replace(ev, path=REDACTED)
+        if isinstance(ev, WebSocketSession):
+            return dataclasses.replace(ev, path=REDACTED, close_reason=None)
         return ev
 
 
