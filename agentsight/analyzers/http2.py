@@ -100,7 +100,7 @@ def looks_like_frames(data: bytes) -> bool:
 class _Stream:
     __slots__ = ("sid", "xid", "req_role", "pushed", "method", "target", "headers", "started", "end_ts", "tid",
                  "comm", "side", "body", "body_size", "capped", "req_done", "req_sent", "incomplete", "responded",
-                 "resp_size", "resp_done", "held", "held_size", "final")
+                 "resp_size", "resp_done", "held", "held_size", "final", "resp_length")
 
     def __init__(self, sid: int, role: str, ev: StreamData, side: str) -> None:
         self.sid = sid
@@ -127,6 +127,7 @@ class _Stream:
         self.held: list[object] = []  # response events before the request is whole
         self.held_size = 0
         self.final = False  # a final (non-1xx) response head was read
+        self.resp_length: int | None = None  # its content-length
 
 
 class _Direction:
@@ -508,6 +509,8 @@ class _Connection:
         if not s.final and (status >= 200 or status < 100):
             s.final = True
             s.responded = True
+            length = next((v for k, v in headers if k == b"content-length"), b"")
+            s.resp_length = int(length) if length.isdigit() else None
             self._response(s, HttpResponse(s.xid, self.key, ev.ts, status, headers, "2"))
         if end_stream:
             self._response_done(s, ev)
@@ -563,7 +566,10 @@ class _Connection:
             if reason is not None and not s.req_done:
                 s.incomplete = s.incomplete or reason
             self._emit_request(s)
-        incomplete = s.incomplete or (None if s.resp_done else reason)
+        # A body as long as its content-length is whole, even if the END_STREAM
+        # after it never came (a client that stops reading once it has it).
+        whole = s.resp_done or s.resp_length is not None and s.resp_size >= s.resp_length
+        incomplete = s.incomplete or (None if whole else reason)
         self.stats["http.exchanges"] += 1
         self.out.append(HttpEnd(s.xid, self.key, ts, incomplete, s.responded, s.resp_size))
 
