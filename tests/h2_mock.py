@@ -187,9 +187,9 @@ class H2Mock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.port = sock.getsockname()[1]
-        self._sock = sock
         config = Config()
-        config.bind = [f"fd://{sock.fileno()}"]
+        # hypercorn owns the socket from here on (and closes it): ours must not close its fd later
+        config.bind = [f"fd://{sock.detach()}"]
         config.certfile, config.keyfile = cert, key
         config.accesslog = config.errorlog = None
         config.keep_alive_timeout = 30

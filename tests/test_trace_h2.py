@@ -115,10 +115,15 @@ def _no_key_anywhere(output: bytes, raw: Path) -> None:
         assert key.encode() not in replayed.stdout, key
 
 
-def _replay(raw: Path) -> list[dict]:
+def _analysed(events: list[dict], pids: set[int]) -> list[dict]:
+    """What this test's processes did (other tests may run beside it)."""
+    return [e for e in events if e["type"] in ("llm_call", "websocket") and e["pid"] in pids]
+
+
+def _replay(raw: Path, pids: set[int]) -> list[dict]:
     replayed = subprocess.run([sys.executable, "-m", "agentsight", "replay", str(raw)],
                               capture_output=True, cwd=REPO, timeout=120, check=True)
-    return [e for e in map(orjson.loads, replayed.stdout.splitlines()) if e["type"] in ("llm_call", "websocket")]
+    return _analysed([orjson.loads(line) for line in replayed.stdout.splitlines()], pids)
 
 
 def test_trace_reports_llm_calls_over_http2(capture, tmp_path):
@@ -176,8 +181,9 @@ def test_trace_reports_llm_calls_over_http2(capture, tmp_path):
     assert calls[0]["request_headers"]["authorization"] == "[REDACTED]"
 
     # the same capture, replayed: the same calls (the mock's own, seen from the server side, too)
-    live = [e for e in events if e["type"] in ("llm_call", "websocket")]
-    assert _replay(raw) == live
+    pids = {sdk.pid, curl.pid, node.pid, os.getpid()}
+    live = _analysed(events, pids)
+    assert _replay(raw, pids) == live
     served = [c for c in live if c["side"] == "server"]
     assert len(served) == 9 and all(c["protocol"] == "h2" for c in served)
 
@@ -243,5 +249,7 @@ def test_trace_reports_responses_over_websocket(capture, tmp_path):
     assert "permessage-deflate" in plain["extensions"]
     assert plain["client_wire_bytes"] < 5005  # the 5000 x's went compressed
     assert plain["closed_by"] == "client" and plain["close_code"] == 1000 and not plain.get("incomplete")
-    live = [e for e in events if e["type"] in ("llm_call", "websocket")]
-    assert _replay(raw) == live
+    pids = {client.pid, os.getpid()}
+    live = _analysed(events, pids)
+    assert _replay(raw, pids) == live
+    assert len([c for c in live if c["side"] == "server" and c["type"] == "llm_call"]) == 3
