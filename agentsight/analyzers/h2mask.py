@@ -33,7 +33,7 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 from ..events import TlsData
-from .http2 import MAX_FILL, PREFACE, frame_run, looks_like_frames
+from .http2 import MAX_FILL, PREFACE, frame_run, looks_like_frames, starts_connection
 
 MAX_CONNS = 4096
 _ENCODER = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
@@ -130,9 +130,11 @@ class H2Masker:
             d.h2 = d.synced = True
             d.head = b""
             d.pre = PREFACE  # skipped by _walk
+        elif conn in self._h2 and starts_connection(data):  # the server's preface
+            d.h2 = d.synced = True
         else:
             count, exact = frame_run(data)
-            if exact or (count and data[3] == 0x4):
+            if exact or (count and starts_connection(data)):
                 d.h2 = d.synced = True
         if d.h2:
             self._h2.add(conn)

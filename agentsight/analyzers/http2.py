@@ -92,6 +92,23 @@ def frame_run(data: bytes) -> tuple[int, bool]:
     return count, count > 0 and pos == n
 
 
+def starts_connection(data: bytes) -> bool:
+    """Whether a direction's first read can be where the connection starts:
+    (a part of) the client preface, or the server's preface, a SETTINGS
+    frame on stream 0, of which a short read holds only the first bytes."""
+    n = min(len(data), 24)
+    if n and data[:n] == PREFACE[:n]:
+        return True
+    h = data[:9]
+    if len(h) >= 3 and int.from_bytes(h[:3], "big") % 6:
+        return False
+    if len(h) > 3 and h[3] != 0x4:
+        return False
+    if len(h) > 4 and h[4] & 1:
+        return False
+    return not any(h[5:9])
+
+
 def looks_like_frames(data: bytes) -> bool:
     """A read that is one or more whole HTTP/2 frames and nothing else."""
     return frame_run(data)[1]
@@ -220,12 +237,11 @@ class _Connection:
             self.preface = True
             d.synced = True
             return data[take:]
-        count, exact = frame_run(data)
-        if count and data[3] == 0x4 and not data[4] & 1:
+        if starts_connection(data):
             d.first_settings = True
             d.synced = True
             return data
-        if exact:
+        if looks_like_frames(data):
             self._mid(d)
             return data
         self._mid(d)

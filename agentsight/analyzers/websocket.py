@@ -18,7 +18,7 @@ LLM stage reports its handshake as an ``http`` exchange.
 from __future__ import annotations
 
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed, RsvBits
 
 from .base import ConnKey, Headers, Stats, StreamData, StreamEnd, StreamSwitched, WsEnd, WsMessage
 
@@ -51,6 +51,31 @@ def _close_payload(payload: object) -> tuple[int, str]:
     return 1005, ""
 
 
+class _Deflate(PerMessageDeflate):
+    """permessage-deflate that lets control frames between the fragments of
+    a compressed message pass without ending that message's compression
+    (wsproto's own resets it at the end of any frame that is not data)."""
+
+    _control = False
+
+    def frame_inbound_header(self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits,
+                             payload_length: int) -> CloseReason | RsvBits:
+        if opcode.iscontrol():
+            self._control = True
+            return RsvBits(False, False, False)  # never compressed: RSV1 on one is an error
+        self._control = False
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
+        return data if self._control else super().frame_inbound_payload_data(proto, data)
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
+        if self._control:
+            self._control = False
+            return None
+        return super().frame_inbound_complete(proto, fin)
+
+
 class _Direction:
     __slots__ = ("from_client", "proto", "broken", "opcode", "parts", "size", "first_ts", "capped", "wire",
                  "lost")
@@ -59,7 +84,7 @@ class _Direction:
         self.from_client = from_client
         extensions = []
         if deflate is not None:
-            ext = PerMessageDeflate()
+            ext = _Deflate()
             ext.finalize(deflate)  # as the client learns it from the 101: both directions' parameters
             extensions.append(ext)
         # The client's frames are read as the server reads them, and the other way round.
