@@ -27,6 +27,7 @@ _METHOD = re.compile(rb"[A-Z][A-Z_-]{0,23}")
 _DECIDE_BYTES = 24  # enough to tell a request, a response and the h2 preface
 MAX_CONNS = 1 << 16  # connection states kept; the oldest quarter goes beyond that
 MAX_UNDECIDED = 256 << 10  # bytes held while one direction waits for the other to decide
+MAX_UNDECIDED_READS = 1024  # and reads
 
 # connection states
 _UNDECIDED, _HTTP, _DEAD = 0, 1, 2
@@ -56,7 +57,7 @@ def classify_prefix(b: bytes) -> str | None:
 
 
 class _Conn:
-    __slots__ = ("state", "swapped", "pending", "first", "protocol", "not_http")
+    __slots__ = ("state", "swapped", "pending", "first", "protocol", "not_http", "held")
 
     def __init__(self) -> None:
         self.state = _UNDECIDED
@@ -65,6 +66,7 @@ class _Conn:
         self.first = {"send": b"", "recv": b""}
         self.protocol = "http/1.1"
         self.not_http: str | None = None  # the direction whose first bytes were not HTTP
+        self.held = 0  # bytes in pending
 
 
 class StreamReassembler:
@@ -124,8 +126,9 @@ class StreamReassembler:
     def _undecided(self, key: ConnKey, c: _Conn, ev: TlsData, d: str, data: bytes,
                    gap: int, trunc: int) -> list[object]:
         c.pending.append(StreamData(key, d, data, gap, trunc, ev.ts, ev.pid, ev.tid, ev.comm, ev.conn))
+        c.held += len(data)
         if d == c.not_http:  # this direction said no already: the other one decides
-            if sum(len(p.data) for p in c.pending) > MAX_UNDECIDED:
+            if c.held > MAX_UNDECIDED or len(c.pending) > MAX_UNDECIDED_READS:
                 return self._dead(c)
             return []
         first = c.first[d]
@@ -165,7 +168,7 @@ class StreamReassembler:
     def _dead(self, c: _Conn) -> list[object]:
         c.state = _DEAD
         self.stats["skipped.not_http"] += 1
-        self.stats["skipped.bytes"] += sum(len(p.data) for p in c.pending)
+        self.stats["skipped.bytes"] += c.held
         c.pending = []
         c.first = {}
         return []
