@@ -1,7 +1,8 @@
 """The events agentsight produces, from the kernel to the sinks.
 
 One dataclass per kind. Collectors produce the raw kinds (`TlsData` and the
-process events); the analyzers produce `HttpExchange` and `LlmCall`;
+process events); the analyzers produce `HttpExchange`, `LlmCall` and
+`WebSocketSession`;
 correlation produces `Link` and `Unexplained`. Every event has `ts` (Unix
 time, ns) and a JSON form, `to_json()`, documented in docs/events.md; only
 sinks encode, and `from_json()` decodes a raw event at the edge of the
@@ -23,7 +24,8 @@ JsonObject = dict[str, Any]
 
 __all__ = [
     "Event", "RawEvent", "TlsData", "Exec", "Exit", "Fork", "Open", "FileOp", "Connect",
-    "HttpExchange", "LlmCall", "LlmResponse", "ToolCall", "ToolCallRef", "ProcessKey", "FileKey",
+    "HttpExchange", "LlmCall", "LlmResponse", "ToolCall", "WebSocketSession", "WebSocketMessage", "ToolCallRef",
+    "ProcessKey", "FileKey",
     "Link", "Unexplained", "EventDecodeError", "from_json", "PROCESS_KINDS", "FILE_OPS",
 ]
 
@@ -457,6 +459,82 @@ class LlmCall:
         return d
 
 
+@dataclass(slots=True)
+class WebSocketMessage:
+    """One message of a WebSocket connection (data frames joined, or one
+    control frame)."""
+
+    from_client: bool
+    type: str  # text, binary, ping, pong, close
+    size: int  # payload bytes, uncompressed
+    started_ns: int  # its first frame was read
+    ended_ns: int  # its last frame was read
+    incomplete: bool = False
+
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {"from": "client" if self.from_client else "server", "type": self.type, "size": self.size,
+                         "started_ns": self.started_ns, "ended_ns": self.ended_ns}
+        if self.incomplete:
+            d["incomplete"] = True
+        return d
+
+
+@dataclass(slots=True)
+class WebSocketSession:
+    """A connection switched to WebSocket that carried no LLM calls: its
+    handshake, its messages (the first MAX_LISTED in full) and its end."""
+
+    kind: ClassVar[str] = "websocket"
+    MAX_LISTED: ClassVar[int] = 256
+    ts: int  # ended_ns
+    host: str
+    path: str  # of the handshake, with the query string
+    status: int  # of the handshake: 101
+    subprotocol: str | None
+    extensions: str | None  # as the server accepted them (permessage-deflate, ...)
+    started_ns: int  # the handshake request
+    opened_ns: int  # the 101
+    ended_ns: int
+    pid: int
+    tid: int
+    comm: str
+    conn: int
+    side: str  # "client", or "server" when the traced process answered the handshake
+    client_messages: int
+    server_messages: int
+    client_bytes: int  # payload bytes of the messages, uncompressed
+    server_bytes: int
+    client_wire_bytes: int  # bytes on the wire after the handshake, frame headers included
+    server_wire_bytes: int
+    messages: list[WebSocketMessage] = field(default_factory=list)
+    messages_omitted: int = 0  # messages beyond MAX_LISTED, counted above but not listed
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: str | None = None  # client, server: who sent the first close frame
+    incomplete_reason: str | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        return self.incomplete_reason is not None
+
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {
+            "type": "websocket", "ts": self.ts, "host": self.host, "path": self.path, "status": self.status,
+            "subprotocol": self.subprotocol, "extensions": self.extensions, "started_ns": self.started_ns,
+            "opened_ns": self.opened_ns, "ended_ns": self.ended_ns, "pid": self.pid, "tid": self.tid,
+            "comm": self.comm, "conn": self.conn, "side": self.side, "client_messages": self.client_messages,
+            "server_messages": self.server_messages, "client_bytes": self.client_bytes,
+            "server_bytes": self.server_bytes, "client_wire_bytes": self.client_wire_bytes,
+            "server_wire_bytes": self.server_wire_bytes, "messages": [m.to_json() for m in self.messages],
+            "messages_omitted": self.messages_omitted, "close_code": self.close_code,
+            "close_reason": self.close_reason, "closed_by": self.closed_by,
+        }
+        if self.incomplete_reason is not None:
+            d["incomplete"] = True
+            d["incomplete_reason"] = self.incomplete_reason
+        return d
+
+
 # -- what correlation makes of it -----------------------------------------------
 
 
@@ -536,4 +614,5 @@ class Unexplained:
                 "reason": self.reason}
 
 
-Event = Union[TlsData, Exec, Exit, Fork, Open, FileOp, Connect, HttpExchange, LlmCall, Link, Unexplained]
+Event = Union[TlsData, Exec, Exit, Fork, Open, FileOp, Connect, HttpExchange, LlmCall, WebSocketSession, Link,
+              Unexplained]

@@ -8,8 +8,12 @@ a non-HTTP connection, and process events; then times, separately, parsing
 the JSON lines, decoding them into typed events (``from_json``, the edge of
 ``replay``), and ``agentsight.analyzers.Analysis`` over the typed events, and
 prints MB/s of captured plaintext for the analysis and for all three.
+``--protocol h2`` carries the same calls over HTTP/2 (HPACK-encoded heads,
+DATA frames of at most 16 KiB, one SSE event per frame and per read, as
+servers write them).
 
     python bench/bench_replay.py --calls 2000 --json /tmp/bench.json
+    python bench/bench_replay.py --calls 2000 --protocol h2
 """
 from __future__ import annotations
 
@@ -146,10 +150,74 @@ def plain_call(rnd: random.Random) -> tuple[bytes, list[bytes]]:
     return req, [resp[i:i + READ] for i in range(0, len(resp), READ)]
 
 
-def generate(n_calls: int, seed: int) -> Iterator[dict[str, Any]]:
+class H2Conn:
+    """One HTTP/2 connection of the generated capture: its HPACK encoders
+    and stream ids; HTTP/1.1 messages of the generator re-framed as h2."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def __init__(self) -> None:
+        import hpack
+
+        self.req_enc, self.resp_enc = hpack.Encoder(), hpack.Encoder()
+        self.next_id = 1
+        self.started = False
+
+    def frames(self, req: bytes, reads: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame
+
+        sid = self.next_id
+        self.next_id += 2
+        head, _, body = req.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        fields = [tuple(line.split(": ", 1)) for line in lines[1:]]
+        host = next(v for k, v in fields if k.lower() == "host")
+        hdrs = [(":method", method), (":scheme", "https"), (":authority", host), (":path", path)] + [
+            (k.lower(), v) for k, v in fields if k.lower() not in ("host", "content-length")]
+        h = HeadersFrame(sid, self.req_enc.encode(hdrs))
+        h.flags.add("END_HEADERS")
+        if not body:
+            h.flags.add("END_STREAM")
+        sends = [h.serialize()]
+        for i in range(0, len(body), READ):
+            d = DataFrame(sid, body[i:i + READ])
+            if i + READ >= len(body):
+                d.flags.add("END_STREAM")
+            sends.append(d.serialize())
+        if not self.started:
+            self.started = True
+            sends[0] = self.PREFACE + SettingsFrame(0).serialize() + sends[0]
+        first, rest = reads[0], reads[1:]
+        rhead, _, rbody = first.partition(b"\r\n\r\n")
+        rlines = rhead.decode().split("\r\n")
+        rfields = [tuple(line.split(": ", 1)) for line in rlines[1:]]
+        chunked = any(k.lower() == "transfer-encoding" for k, _ in rfields)
+        rh = HeadersFrame(sid, self.resp_enc.encode(
+            [(":status", rlines[0].split(" ")[1])] + [(k.lower(), v) for k, v in rfields
+                                                      if k.lower() != "transfer-encoding"]))
+        rh.flags.add("END_HEADERS")
+        if chunked:  # one event per chunk, the terminating chunk as END_STREAM
+            pieces = [r.split(b"\r\n", 1)[1][:-2] for r in rest if not r.startswith(b"0\r\n")]
+        else:
+            whole = rbody + b"".join(rest)
+            pieces = [whole[i:i + READ] for i in range(0, len(whole), READ)]
+        recvs = [rh.serialize()]
+        for i, piece in enumerate(pieces):
+            d = DataFrame(sid, piece)
+            if i == len(pieces) - 1:
+                d.flags.add("END_STREAM")
+            recvs.append(d.serialize())
+        if not self.started or sid == 1:
+            recvs[0] = SettingsFrame(0).serialize() + recvs[0]
+        return sends, recvs
+
+
+def generate(n_calls: int, seed: int, protocol: str = "http/1.1") -> Iterator[dict[str, Any]]:
     rnd = random.Random(seed)
     ts = 1_700_000_000_000_000_000
     procs = [(1000 + i, f"agent{i}") for i in range(4)]
+    h2conns: dict[int, H2Conn] = {}
 
     def ev(t: str, pid: int, comm: str, **kw: Any) -> dict[str, Any]:
         nonlocal ts
@@ -182,8 +250,12 @@ def generate(n_calls: int, seed: int) -> Iterator[dict[str, Any]]:
             req, reads = openai_call(rnd, stream=rnd.random() < 0.7)
         else:
             req, reads = plain_call(rnd)
-        for j in range(0, len(req), READ):
-            yield ssl(pid, comm, conn, "send", req[j:j + READ])
+        if protocol == "h2":
+            sends, reads = h2conns.setdefault(conn, H2Conn()).frames(req, reads)
+        else:
+            sends = [req[j:j + READ] for j in range(0, len(req), READ)]
+        for piece in sends:
+            yield ssl(pid, comm, conn, "send", piece)
         for r in reads:
             yield ssl(pid, comm, conn, "recv", r)
         for _ in range(rnd.randrange(0, 4)):
@@ -203,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture", help="keep the generated JSONL here (default: a temp file)")
     ap.add_argument("--json", help="write the result as JSON to this file")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
+    ap.add_argument("--protocol", choices=("http/1.1", "h2"), default="http/1.1",
+                    help="how the calls are carried (default: http/1.1)")
     args = ap.parse_args(argv)
 
     path = args.capture or os.path.join(tempfile.mkdtemp(prefix="agentsight_bench_"),
                                         "capture.jsonl")
     with open(path, "wb") as f:
-        for e in generate(args.calls, args.seed):
+        for e in generate(args.calls, args.seed, args.protocol):
             f.write(orjson.dumps(e) + b"\n")
     size = os.path.getsize(path)
 
@@ -270,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode_seconds": round(decode_s, 4),
         "replay_mb_per_s": round(plaintext / (el + parse_s + decode_s) / 1e6, 1),
         "small_events_per_s": round(len(small) / small_el),
-        "output_events": out, "llm_calls": calls, "python": sys.version.split()[0],
+        "output_events": out, "llm_calls": calls, "python": sys.version.split()[0], "protocol": args.protocol,
         "stats": stats,
     }
     print(f"{len(events)} events, {plaintext / 1e6:.1f} MB plaintext, {calls} llm_call records")

@@ -6,7 +6,10 @@ Per connection, an h11 server reads the requests (answering each with a
 dummy response so it moves on) and an h11 client reads the responses (told
 each request first, so it frames HEAD, 1xx, 204/304 and CONNECT answers).
 Lost bytes inside a message are NUL filler, as in the real stage; a
-protocol error breaks one direction until a read starts a new message."""
+protocol error breaks one direction until a read starts a new message.
+A request with Upgrade holds the request bytes after it until the answer:
+a 101 hands the connection over (StreamSwitched, then the bytes as they
+came), anything else lets the held requests be read."""
 from __future__ import annotations
 
 import itertools
@@ -14,7 +17,7 @@ from collections import deque
 
 import h11
 
-from agentsight.analyzers.base import HttpBody, HttpEnd, HttpRequest, HttpResponse, StreamData, StreamEnd
+from agentsight.analyzers.base import HttpBody, HttpEnd, HttpRequest, HttpResponse, StreamData, StreamEnd, StreamSwitched
 from agentsight.analyzers.http1 import MAX_FILL, MAX_HEADER_BYTES, MAX_REQUEST_BODY
 from agentsight.analyzers.reassembly import REQUEST, classify_prefix
 
@@ -44,6 +47,7 @@ class _X:
         self.responded = False
         self.resp_size = 0
         self.end_ts = ts
+        self.head = None  # the HttpRequest passed on
 
 
 class _Conn:
@@ -62,6 +66,14 @@ class _Conn:
         self.ts = ev.ts
         self.tid, self.comm = ev.tid, ev.comm
         self.out = []
+        self.held: list[StreamData] | None = None  # request bytes after an Upgrade request, until its answer
+        self.upgrading: _X | None = None
+        self.last_req: _X | None = None
+        self.held_rest: StreamData | None = None
+        self.releasing = False
+        self.tunnel = False
+        self.req_ev: StreamData | None = None
+        self.resp_ev: StreamData | None = None
 
     # requests
     def _start_of(self, offset: int) -> tuple[int, int, str]:
@@ -72,8 +84,18 @@ class _Conn:
                 return ts, tid, comm
         return found
 
+    def _piece(self, ev: StreamData, role: str, data: bytes, trunc: int = 0) -> StreamData:
+        return StreamData(self.key, role, data, 0, trunc, ev.ts, self.pid, ev.tid, ev.comm, self.conn, self.side)
+
     def on_req(self, ev: StreamData) -> None:
         self.ts = ev.ts
+        self.req_ev = ev
+        if self.tunnel:
+            self.out.append(ev)
+            return
+        if self.held is not None:
+            self.held.append(ev)
+            return
         data = ev.data
         if self.req_broken:
             if data and classify_prefix(data[:24]) == REQUEST and data.split(b" ", 1)[0] in _METHODS:
@@ -94,7 +116,9 @@ class _Conn:
                 self.req_lost = self.req_lost or "gap"
         self.reads.append((self.fed, ev.ts, ev.tid, ev.comm))
         self._req_bytes(data)
-        if ev.trunc and not self.req_broken:
+        if ev.trunc and self.held is not None:
+            self.held.append(self._piece(ev, "req", b"", ev.trunc))
+        elif ev.trunc and not self.req_broken:
             if self.cur is not None and ev.trunc <= MAX_FILL:
                 self.cur.incomplete = self.cur.incomplete or "truncated"
                 self._req_bytes(b"\0" * ev.trunc)
@@ -104,20 +128,30 @@ class _Conn:
             else:
                 self.req_lost = self.req_lost or "truncated"
 
-    def _req_bytes(self, data: bytes) -> None:
-        if not data:
+    def _req_bytes(self, data: bytes, buffered: bool = False) -> None:
+        """`buffered`: read what h11 holds already (no new bytes)."""
+        if data:
+            self.fed += len(data)
+            self.req.receive_data(data)
+        elif not buffered:
             return
-        self.fed += len(data)
-        self.req.receive_data(data)
         try:
             while True:
                 e = self.req.next_event()
                 if e is h11.NEED_DATA:
                     return
                 if e is h11.PAUSED:
-                    # An Upgrade or CONNECT waits for the server's answer: answered
-                    # here as denied; after a real switch, what follows is not HTTP
-                    # and fails to parse, which yields no exchange either.
+                    # An Upgrade waits for the server's answer, the bytes after it held.
+                    # A CONNECT is answered here as denied: after a real one, what
+                    # follows is not HTTP and fails to parse, which yields no exchange.
+                    last = self.last_req
+                    if self.req.their_state is h11.MIGHT_SWITCH_PROTOCOL and last is not None \
+                            and last.method != b"CONNECT" and self.held is None and not self.dead:
+                        self.upgrading = last
+                        self.held = []
+                        rest = bytes(self.req.trailing_data[0])  # h11 keeps it, for a refusal
+                        self.held_rest = self._piece(self.req_ev, "req", rest) if rest else None
+                        return
                     if self.req.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL) \
                             and self.req.our_state is h11.SEND_RESPONSE:
                         self.req.send(_DENIED if self.req.their_state is h11.MIGHT_SWITCH_PROTOCOL else _DUMMY)
@@ -155,19 +189,47 @@ class _Conn:
             self.cur.incomplete = self.cur.incomplete or reason
             self._req_done()
 
+    def _release(self) -> None:
+        """The Upgrade was refused: the held requests are read."""
+        held, self.held = self.held, None
+        self.upgrading = self.held_rest = None
+        if held is None:
+            return
+        if self.req.our_state is h11.SEND_RESPONSE:
+            self.req.send(_DENIED)
+            self.req.send(h11.EndOfMessage())
+            if self.req.our_state is h11.DONE and self.req.their_state is h11.DONE:
+                self.req.start_next_cycle()
+        ts = self.ts
+        self.releasing = True  # the responses being read go on after this, at their own time
+        try:
+            self._req_bytes(b"", buffered=True)
+            for ev in held:
+                self.on_req(ev)
+        finally:
+            self.releasing = False
+        self.ts = ts
+
     def _req_done(self) -> None:
         x, self.cur = self.cur, None
         if x is None:
             return
-        self.out.append(HttpRequest(x.xid, self.key, x.ts, self.ts, self.pid, x.tid, x.comm, self.conn, self.side,
-                                    x.method.decode("latin-1"), x.target.decode("latin-1"), x.headers,
-                                    x.version.decode(), b"".join(x.body), x.size, x.capped, x.incomplete))
+        x.head = HttpRequest(x.xid, self.key, x.ts, self.ts, self.pid, x.tid, x.comm, self.conn, self.side,
+                             x.method.decode("latin-1"), x.target.decode("latin-1"), x.headers,
+                             x.version.decode(), b"".join(x.body), x.size, x.capped, x.incomplete)
+        self.out.append(x.head)
+        self.last_req = x
         self.queue.append(x)
-        self._pump()
+        if not self.releasing:
+            self._pump()
 
     # responses
     def on_resp(self, ev: StreamData) -> None:
         self.ts = ev.ts
+        self.resp_ev = ev
+        if self.tunnel:
+            self.out.append(ev)
+            return
         data = ev.data
         if self.dead:
             return
@@ -203,6 +265,9 @@ class _Conn:
                 x.incomplete = x.incomplete or "truncated"
                 self.resp.receive_data(b"\0" * ev.trunc)
                 self._pump()
+            if self.tunnel:
+                self.out.append(self._piece(ev, "resp", b"", ev.trunc))
+                return
             elif x is not None:
                 self._resp_error(x, "truncated")
             else:
@@ -231,7 +296,22 @@ class _Conn:
                     x.responded = True
                     self.out.append(HttpResponse(x.xid, self.key, self.ts, e.status_code, list(e.headers),
                                                  e.http_version.decode()))
+                    if x is self.upgrading:
+                        self._release()
                 elif type(e) is h11.InformationalResponse:
+                    if e.status_code == 101 and x is self.upgrading:
+                        self.out.append(StreamSwitched(x.xid, self.key, self.ts, x.head, HttpResponse(
+                            x.xid, self.key, self.ts, 101, list(e.headers), e.http_version.decode())))
+                        self.tunnel = True
+                        self.answering = None
+                        if self.held_rest is not None:
+                            self.out.append(self.held_rest)
+                        self.out += self.held
+                        self.held = self.upgrading = self.held_rest = None
+                        rest = bytes(self.resp.trailing_data[0])
+                        if rest:
+                            self.out.append(self._piece(self.resp_ev, "resp", rest))
+                        return
                     if e.status_code == 101:
                         x.responded = True
                         self.out.append(HttpResponse(x.xid, self.key, self.ts, 101, list(e.headers),
@@ -281,6 +361,10 @@ class _Conn:
 
     def close(self, reason: str, ts: int) -> None:
         self.ts = ts
+        if self.tunnel:
+            return
+        if self.held is not None:
+            self._release()
         if self.cur is not None:
             self.cur.incomplete = self.cur.incomplete or reason
             self._req_done()
@@ -316,8 +400,9 @@ class H11Stage:
             c = self.conns.pop(ev.key, None)
             if c is None:
                 return []
-            c.close(ev.reason, ev.ts if ev.ts is not None else c.ts)
-            return c.out
+            ts = ev.ts if ev.ts is not None else c.ts
+            c.close(ev.reason, ts)
+            return c.out + [StreamEnd(ev.key, ev.reason, ts)] if c.tunnel else c.out
         return [ev]
 
     def close(self):

@@ -165,16 +165,27 @@ def test_connection_close_then_no_more_parsing():
     assert one_http(out)["response_size"] == 3
 
 
-def test_websocket_upgrade_stops_parsing():
+def test_websocket_upgrade_hands_the_connection_over():
     c = Capture()
     c.send(get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"}))
     c.recv(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
            b"\x81\x05hello")
     c.send(b"\x81\x85abcd\x00\x00\x00\x00\x00")
     out, p = run(c.events)
-    assert one_http(out)["status"] == 101
-    assert p.stats["skipped.upgrade"] == 1
-    assert p.stats.get("skipped.malformed_http", 0) == 0
+    assert of_type(out, "http") == []
+    (ws,) = of_type(out, "websocket")
+    assert (ws["status"], ws["path"], ws["client_messages"], ws["server_messages"]) == (101, "/ws", 1, 1)
+    assert [(m["from"], m["type"], m["size"]) for m in ws["messages"]] == [("server", "text", 5), ("client", "text", 5)]
+    assert "skipped.upgrade" not in p.stats and p.stats.get("skipped.malformed_http", 0) == 0
+
+
+def test_other_upgrades_stay_an_http_exchange():
+    c = Capture()
+    c.send(get("/", headers={"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings"}))
+    c.recv(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n\x00\x00\x00\x04\x00")
+    out, p = run(c.events)
+    assert one_http(out)["status"] == 101 and of_type(out, "websocket") == []
+    assert p.stats["skipped.upgrade"] == 1 and p.stats["skipped.bytes"] == 5
 
 
 # -- content encodings, split arbitrarily ---------------------------------------------------------
@@ -304,12 +315,12 @@ def test_database_protocol_and_random_bytes_are_counted_not_raised():
     assert p.stats["skipped.not_http"] >= 30
 
 
-def test_http2_preface_is_counted():
+def test_http2_preface_goes_to_the_http2_stage():
     c = Capture()
-    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00")
+    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00" + b"\x00" * 18)
     c.recv(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
     out, p = run(c.events)
-    assert out == [] and p.stats["skipped.http2"] == 1
+    assert out == [] and p.stats["h2.connections"] == 1 and "skipped.not_http" not in p.stats
 
 
 def test_malformed_http_then_resync_on_next_request():

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from agentsight.analyzers import Analysis
+from agentsight.analyzers.http1 import Http1Parser
 from h11_oracle import H11Stage
 from llm_fixtures import Capture, cut, of_type, request, response, run, sse_response
 
@@ -18,7 +19,8 @@ HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 def outputs(events: list[dict], oracle: bool = False) -> list[dict]:
     a = Analysis(redact=True)
     if oracle:
-        a._stages[1] = H11Stage(a._stats)
+        i = next(i for i, s in enumerate(a._stages) if isinstance(s, Http1Parser))
+        a._stages[i] = H11Stage(a._stats)
         a._rest = tuple(a._stages[1:])
     out = []
     for e in events:

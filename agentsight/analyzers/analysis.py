@@ -1,4 +1,5 @@
-"""The analysis chain: raw capture events in, `HttpExchange` and `LlmCall` out.
+"""The analysis chain: raw capture events in, `HttpExchange`, `LlmCall` and
+`WebSocketSession` out.
 
 Sans-I/O: no sockets, no threads, no clock. Raw events (agentsight.events)
 go in one at a time, in capture order; what they mean comes out::
@@ -12,11 +13,13 @@ go in one at a time, in capture order; what they mean comes out::
 
 Stages::
 
-    StreamReassembler -> Http1Parser (llhttp) -> LlmAnalyzer (providers/) [-> RedactStage]
+    StreamReassembler -> Http2Parser (hyperframe, hpack) -> Http1Parser (llhttp)
+        -> WebSocketParser (wsproto) -> LlmAnalyzer (providers/) [-> RedactStage]
 
 Process events pass through unchanged. Exchanges not seen whole carry
 `incomplete_reason`: process_exit, truncated, gap, malformed_http,
-connection_closed, end_of_capture, evicted, internal_error.
+malformed_h2, hpack_context_lost, stream_reset, goaway, connection_closed,
+end_of_capture, evicted, internal_error.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ from ..events import EventDecodeError, RawEvent, from_json
 from .base import Stage, Stats
 from .budget import DEFAULT_TOTAL, BodyBudget
 from .http1 import Http1Parser
+from .http2 import Http2Parser
 from .llm import LlmAnalyzer
 from .reassembly import StreamReassembler
+from .websocket import WebSocketParser
 from .redact import RedactStage
 
 
@@ -47,8 +52,8 @@ class Analysis:
         st = self._stats
         # One cap on all the body bytes the stages hold at once.
         self.budget = BodyBudget(body_budget)
-        stages: list[Stage] = [StreamReassembler(st), Http1Parser(st, self.budget),
-                               LlmAnalyzer(st, provider_hosts, self.budget)]
+        stages: list[Stage] = [StreamReassembler(st), Http2Parser(st, self.budget), Http1Parser(st, self.budget),
+                               WebSocketParser(st), LlmAnalyzer(st, provider_hosts, self.budget)]
         if redact:
             stages.append(RedactStage())
         self._stages = stages

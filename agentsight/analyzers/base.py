@@ -16,10 +16,20 @@ internal kinds below never leave the analyzers:
                (the TLS session was freed, the process exited, the capture
                ended).
 `HttpRequest`, `HttpResponse`, `HttpBody`, `HttpEnd`
-               HTTP -> LLM: one exchange, in this order (`xid` ties them).
+               HTTP (HTTP/1.1 or HTTP/2) -> LLM: one exchange, in this order
+               (`xid` ties them).
+`StreamSwitched`
+               HTTP/1.1 -> WebSocket: a request was answered with 101
+               Switching Protocols; it replaces that exchange's
+               `HttpResponse`/`HttpEnd`, and the connection's later
+               `StreamData` and `StreamEnd` pass on as they come.
+`WsMessage`, `WsEnd`
+               WebSocket -> LLM: the messages of a connection switched to
+               WebSocket (after its `StreamSwitched`), and its end.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +44,10 @@ except ImportError:  # pragma: no cover - orjson is a dependency
 
 # no wrapper function: this is called once per SSE event
 json_loads = _json.loads
+
+
+# ids of exchanges (`xid`), unique in the process: every HTTP stage draws from it
+xids = itertools.count(1)
 
 
 class Stats(Counter):  # type: ignore[type-arg]
@@ -59,6 +73,7 @@ class StreamData:
     comm: str
     conn: int
     side: str = "client"  # "server" when the traced process answers requests
+    protocol: str = "http/1.1"  # or "h2": which stage reads it
 
 
 @dataclass(slots=True)
@@ -116,3 +131,37 @@ class HttpEnd:
     incomplete: str | None
     responded: bool
     resp_size: int
+
+
+@dataclass(slots=True)
+class StreamSwitched:
+    xid: int
+    key: ConnKey
+    ts: int
+    request: HttpRequest  # already passed on, as for any exchange
+    response: HttpResponse  # the 101, which is not passed on by itself
+
+
+@dataclass(slots=True)
+class WsMessage:
+    xid: int  # of the exchange that switched the connection
+    key: ConnKey
+    ts: int  # when its last frame was read
+    first_ts: int  # when its first frame was read
+    from_client: bool
+    opcode: str  # text, binary, ping, pong, close
+    data: str | bytes  # the payload, uncompressed: str for text; empty when over the size kept
+    size: int  # payload bytes, uncompressed (text: UTF-8)
+    incomplete: str | None = None  # bytes of it were lost, or it never ended
+    close_code: int | None = None
+    close_reason: str | None = None
+
+
+@dataclass(slots=True)
+class WsEnd:
+    xid: int
+    key: ConnKey
+    ts: int
+    reason: str  # how the connection ended: connection_closed, process_exit, end_of_capture, ...
+    client_wire_bytes: int  # what each direction carried, frame headers included
+    server_wire_bytes: int

@@ -12,6 +12,13 @@ close-delimited); this module decides only what llhttp cannot know from one
 direction: that a response answers HEAD or CONNECT (a head without a body),
 and what happens after a protocol switch.
 
+A request with Upgrade answered by 101 Switching Protocols is handed over:
+instead of that exchange's `HttpResponse` and `HttpEnd` comes one
+`StreamSwitched` (with the request and the 101), then the bytes that
+followed in either direction, and from then on the connection's
+`StreamData` and `StreamEnd` pass through untouched, for the WebSocket
+stage.
+
 Output, in this order per exchange (``xid`` is unique in the Pipeline)::
 
     HttpRequest    method, target, headers, body (wire bytes, capped)
@@ -34,7 +41,8 @@ from collections import OrderedDict, deque
 
 import httptools
 
-from .base import ConnKey, Headers, HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamData, StreamEnd
+from .base import (ConnKey, Headers, HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamData, StreamEnd,
+                   StreamSwitched, xids)
 from .budget import BodyBudget, BodyHold
 from .reassembly import REQUEST, classify_prefix
 
@@ -45,9 +53,6 @@ MAX_HELD = 1 << 20  # response bytes no request asked for (yet), held at most
 MAX_CONNS = 4096  # connections with state; beyond this the least recently used is ended
 MAX_CAREFUL = 256 << 10  # bytes parsed one at a time to find where a response before one to HEAD ends
 _FILL_PIECE = b"\0" * MAX_FILL
-
-_xids = itertools.count(1)
-
 
 class ReaderState(enum.Enum):
     MESSAGES = "reading messages"  # llhttp parses, message after message
@@ -71,10 +76,10 @@ class _Unanswered(_Stop):
 class _Exchange:
     __slots__ = ("xid", "started", "tid", "comm", "method", "target", "headers", "version", "body",
                  "body_size", "capped", "incomplete", "responded", "resp_size", "switch", "until_close", "early",
-                 "ended", "hold")
+                 "ended", "head", "switch_response", "hold")
 
     def __init__(self, started: int, tid: int, comm: str, hold: BodyHold | None = None) -> None:
-        self.xid = next(_xids)
+        self.xid = next(xids)
         self.hold = hold  # the request body's share of the pipeline's body budget
         self.started = started
         self.tid = tid
@@ -94,6 +99,8 @@ class _Exchange:
         # A response read before its request: its events, until the request comes.
         self.early: list[object] | None = None
         self.ended = False
+        self.head: HttpRequest | None = None  # a request that asked to switch, as passed on
+        self.switch_response: HttpResponse | None = None  # its 101, handed over in a StreamSwitched
 
 
 def _closes(headers: Headers) -> bool:
@@ -154,7 +161,10 @@ class _Reader(abc.ABC):
             data = self._lose("gap", ev.gap) + data
         if data:
             self.data(data)
-        if ev.trunc:
+        if ev.trunc and self.c.tunnel:  # handed over in this read: the loss goes with the bytes
+            self.c.out.append(StreamData(self.c.key, ev.role, b"", 0, ev.trunc, ev.ts, self.c.pid, ev.tid, ev.comm,
+                                         self.c.conn, self.c.side))
+        elif ev.trunc:
             fill = self._lose("truncated", ev.trunc)
             if fill:
                 self.data(fill)
@@ -374,7 +384,10 @@ class _RequestReader(_Reader):
         pending, self.pending = self.pending, []
         if switched:
             self.state = ReaderState.SWITCHED
-            self.c.stats["skipped.bytes"] += sum(len(e.data) for e in pending)
+            if self.c.tunnel:
+                self.c.handed = pending  # passed on after the StreamSwitched
+            else:
+                self.c.stats["skipped.bytes"] += sum(len(e.data) for e in pending)
             return
         self.state = ReaderState.MESSAGES
         self.parser = None
@@ -578,7 +591,12 @@ class _ResponseReader(_Reader):
         x.responded = True
         x.until_close = _until_close(status, x.method, self.headers)
         self.c.keep_alive = parser.should_keep_alive() and not _closes(self.headers) and _request_keeps_alive(x)
-        self._emit(x, HttpResponse(x.xid, self.c.key, self.ts, status, self.headers, parser.get_http_version()))
+        head = HttpResponse(x.xid, self.c.key, self.ts, status, self.headers, parser.get_http_version())
+        if status == 101 and x.head is not None and x.early is None and x.method != "CONNECT":
+            x.switch_response = head
+            self.c.tunnel = True
+        else:
+            self._emit(x, head)
         if x.switch or status == 101:
             self.c.requests.switch_decided(status == 101)
 
@@ -635,6 +653,10 @@ class _ResponseReader(_Reader):
         x.ended = True
         if x.early is None:
             c.stats["http.exchanges"] += 1
+        if x.switch_response is not None and x.head is not None:
+            c.stats["http.switched"] += 1
+            c.out.append(StreamSwitched(x.xid, c.key, self.ts, x.head, x.switch_response))
+            return
         self._emit(x, HttpEnd(x.xid, c.key, self.ts, incomplete or x.incomplete, x.responded, x.resp_size))
 
     def switched(self, rest: bytes) -> None:
@@ -663,7 +685,7 @@ class _ResponseReader(_Reader):
 
 class _Connection:
     __slots__ = ("key", "pid", "conn", "side", "stats", "budget", "out", "queue", "requests", "responses",
-                 "keep_alive", "last_ts", "early", "early_size")
+                 "keep_alive", "last_ts", "early", "early_size", "tunnel", "handed")
 
     def __init__(self, ev: StreamData, stats: Stats, budget: BodyBudget) -> None:
         self.key: ConnKey = ev.key
@@ -680,16 +702,21 @@ class _Connection:
         self.last_ts = ev.ts
         self.early: deque[_Exchange] = deque()  # responses read before their requests
         self.early_size = 0
+        self.tunnel = False  # switched by a 101: bytes pass on to the next stage
+        self.handed: list[StreamData] = []  # request bytes that followed the request that switched
 
     def request_done(self, x: _Exchange) -> None:
         self.stats["http.requests"] += 1
         answer = self.early.popleft() if self.early else None
         if answer is not None:
             x.xid = answer.xid  # the response's events already carry it
-        self.out.append(HttpRequest(
+        req = HttpRequest(
             x.xid, self.key, x.started, self.requests.ts, self.pid, x.tid, x.comm, self.conn, self.side,
             x.method, x.target.decode("latin-1"), x.headers, x.version, b"".join(x.body), x.body_size, x.capped,
-            x.incomplete))
+            x.incomplete)
+        self.out.append(req)
+        if x.switch:
+            x.head = req
         x.body = []
         if x.hold is not None:  # handed on: the LLM stage keeps what it needs of it
             x.hold.release()
@@ -718,6 +745,16 @@ class _Connection:
 
     def switched(self, rest: bytes) -> None:
         """The connection now carries another protocol (101, CONNECT 2xx)."""
+        if self.tunnel:
+            self.responses.state = ReaderState.SWITCHED
+            self.requests.switch_decided(True)
+            self.out += self.handed
+            self.handed = []
+            if rest:
+                r = self.responses
+                self.out.append(StreamData(self.key, "resp", rest, 0, 0, r.ts, self.pid, r.tid, r.comm, self.conn,
+                                           self.side))
+            return
         self.stats["skipped.upgrade"] += 1
         self.stats["skipped.bytes"] += len(rest)
         self.responses.state = ReaderState.SWITCHED
@@ -774,6 +811,9 @@ class Http1Parser:
                 evicted = self._drop(old, "evicted", conns[old].last_ts)
             c = conns[key] = _Connection(ev, self.stats, self.budget)
         else:
+            if c.tunnel:
+                c.last_ts = ev.ts
+                return [ev]
             conns.move_to_end(key)
         c.last_ts = ev.ts
         try:
@@ -794,20 +834,24 @@ class Http1Parser:
             return []
         return self._drop(ev.key, ev.reason, ev.ts if ev.ts is not None else c.last_ts)
 
-    def _drop(self, key: ConnKey, reason: str, ts: int) -> list[object]:
+    def _drop(self, key: ConnKey, reason: str, ts: int, end_tunnel: bool = True) -> list[object]:
         c = self._conns.pop(key, None)
         if c is None:
             return []
         try:
-            return c.close(reason, ts)
+            out = c.close(reason, ts)
         except Exception:
             self.stats["errors.http"] += 1
-            return []
+            out = []
+        if c.tunnel and end_tunnel:  # the next stage owns the rest of the connection
+            out.append(StreamEnd(key, reason, ts))
+        return out
 
     def close(self) -> list[object]:
         out: list[object] = []
         for key in list(self._conns):
-            out += self._drop(key, "end_of_capture", self._conns[key].last_ts)
+            # a switched connection is ended by the stage it was handed to
+            out += self._drop(key, "end_of_capture", self._conns[key].last_ts, end_tunnel=False)
         return out
 
 

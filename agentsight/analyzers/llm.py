@@ -1,27 +1,39 @@
-"""Stage 3: HTTP exchanges -> `HttpExchange` and `LlmCall` events.
+"""Stage 4: HTTP exchanges -> `HttpExchange` and `LlmCall` events;
+WebSocket messages -> `LlmCall` and `WebSocketSession` events.
 
 The request decides (host, path, body shape) whether an exchange is an LLM
 call.  Only LLM calls have their response body decoded (Content-Encoding) and
 merged (JSON or server-sent events); other exchanges are summarised as one
 ``http`` event without keeping their bodies.
+
+A connection switched to WebSocket (`StreamSwitched`) replaces its
+handshake exchange. Where an adapter knows the session's path (the
+Responses API's WebSocket mode), each client message that asks for a
+response starts a call, and the server's messages are fed to the same
+merger as the SSE form's events until it is complete: one ``llm_call``
+each. Any other session is one ``websocket`` event when it ends.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Mapping
 
-from ..events import HttpExchange, LlmCall, LlmResponse, ToolCall
+from ..events import HttpExchange, LlmCall, LlmResponse, ToolCall, WebSocketMessage, WebSocketSession
 from . import providers
-from .base import HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, json_loads
+from .base import HttpBody, HttpEnd, HttpRequest, HttpResponse, Stats, StreamSwitched, WsEnd, WsMessage, json_loads
 from .budget import BodyBudget, BodyHold
 from .encoding import BodyDecoder, DecodeError, DecompressionLimit, decode_all
 from .http1 import header_value, headers_dict
 from .sse import SSEParser
+from .websocket import is_websocket
 
 MAX_RESPONSE_BODY = 64 << 20
 
 # the incomplete reasons that mean the connection failed, not the capture
 _CONN_FAILURES = {"process_exit": "process exited before the response was complete",
-                  "connection_closed": "connection closed before the response was complete"}
+                  "connection_closed": "connection closed before the response was complete",
+                  "stream_reset": "the HTTP/2 stream was reset before the response was complete",
+                  "goaway": "the server went away (HTTP/2 GOAWAY) before processing the request"}
 # Ends that lose nothing once the stream's own end marker has arrived.
 _ENDS = frozenset(_CONN_FAILURES) | {"end_of_capture"}
 
@@ -121,12 +133,65 @@ def _what_failed(x: _Call, exc: BaseException) -> str:
     return text[:500]
 
 
+class _WsCall:
+    __slots__ = ("provider", "api", "request", "model", "merger", "started", "first_token_ns")
+
+    def __init__(self, provider: str, api: str, adapter: providers.Adapter, path: str, request: Any,
+                 started: int) -> None:
+        self.provider = provider
+        self.api = api
+        self.request = request
+        self.model = adapter.model(api, path, request)
+        self.merger = adapter.new_merger(api, request)
+        self.started = started
+        self.first_token_ns: int | None = None
+
+
+class _WsSession:
+    """A WebSocket connection: its LLM calls, or what its record needs."""
+
+    __slots__ = ("req", "resp", "host", "path", "apis", "owner", "calls", "llm_calls", "counts", "messages",
+                 "omitted", "close_code", "close_reason", "closed_by")
+
+    def __init__(self, ev: StreamSwitched, host: str, path: str,
+                 apis: list[tuple[providers.Adapter, str]], owner: providers.Adapter | None) -> None:
+        self.req = ev.request
+        self.resp = ev.response
+        self.host = host
+        self.path = path
+        self.apis = apis  # what the session may speak
+        self.owner = owner
+        self.calls: deque[_WsCall] = deque()  # asked for, not answered yet
+        self.llm_calls = 0
+        self.counts = [0, 0, 0, 0]  # client messages, server messages, client bytes, server bytes
+        self.messages: list[WebSocketMessage] = []
+        self.omitted = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.closed_by: str | None = None
+
+    def count(self, ev: WsMessage) -> None:
+        if ev.opcode == "text" or ev.opcode == "binary":
+            i = 0 if ev.from_client else 1
+            self.counts[i] += 1
+            self.counts[i + 2] += ev.size
+        elif ev.opcode == "close" and self.closed_by is None:
+            self.closed_by = "client" if ev.from_client else "server"
+            self.close_code, self.close_reason = ev.close_code, ev.close_reason
+        if len(self.messages) < WebSocketSession.MAX_LISTED:
+            self.messages.append(WebSocketMessage(ev.from_client, ev.opcode, ev.size, ev.first_ts, ev.ts,
+                                                  ev.incomplete is not None))
+        else:
+            self.omitted += 1
+
+
 class LlmAnalyzer:
     def __init__(self, stats: Stats, provider_hosts: Mapping[str, str] | None = None,
                  budget: BodyBudget | None = None) -> None:
         self.stats = stats
         self.budget = budget if budget is not None else BodyBudget()
         self._x: dict[int, _Http | _Call] = {}
+        self._ws: dict[int, _WsSession] = {}
         # host (optionally host:port) -> provider name, for self-hosted or mock endpoints
         self._host_map = {k.lower(): v for k, v in (provider_hosts or {}).items()}
         self._owned: dict[str, providers.Adapter] = {}
@@ -179,6 +244,16 @@ class LlmAnalyzer:
                 out.analysis_error = x.analysis_error  # type: ignore[union-attr]
                 self.stats["llm.analysis_errors"] += 1
             return [out]
+        if t is WsMessage or t is StreamSwitched or t is WsEnd:
+            try:
+                if t is WsMessage:
+                    return self._ws_message(ev)  # type: ignore[arg-type]
+                if t is StreamSwitched:
+                    return self._switched(ev)  # type: ignore[arg-type]
+                return self._ws_end(ev)  # type: ignore[arg-type]
+            except Exception:
+                self.stats["errors.llm"] += 1
+                return []
         return [ev]
 
     # -- when the analysis of a call fails --------------------------------------
@@ -222,6 +297,8 @@ class LlmAnalyzer:
         out = []
         for xid in list(self._x):
             out.extend(self.feed(HttpEnd(xid, None, None, "end_of_capture", False, 0)))
+        for xid, s in list(self._ws.items()):
+            out.extend(self.feed(WsEnd(xid, s.req.key, s.resp.ts, "end_of_capture", 0, 0)))
         return out
 
     # -- request ---------------------------------------------------------------
@@ -406,6 +483,98 @@ class LlmAnalyzer:
             pid=req.pid, tid=req.tid, comm=req.comm, conn=req.conn, side=req.side, incomplete_reason=incomplete,
             error={"type": "connection", "message": _CONN_FAILURES[incomplete]}
             if incomplete in _CONN_FAILURES else None, protocol=req.protocol)
+
+
+    # -- WebSocket -------------------------------------------------------------------
+    def _switched(self, ev: StreamSwitched) -> list[object]:
+        x = self._x.pop(ev.xid, None)  # the handshake: the session stands for it now
+        req = ev.request
+        host_hdr = header_value(req.headers, b"host")
+        host, path, _ = split_target(req.target, host_hdr)
+        if not is_websocket(ev.response.headers):
+            # another protocol, not read: its handshake is what can be told
+            http = x if isinstance(x, _Http) else _Http(req, host, path)
+            http.status = ev.response.status
+            return [self._http_event(http, HttpEnd(ev.xid, ev.key, ev.ts, None, True, 0))]
+        apis = [(a, api) for a in providers.ADAPTERS if (api := a.match_websocket(path)) is not None]
+        owner = self._owner(host, host_hdr) if apis else None
+        if owner is not None:
+            apis = [(a, api) for a, api in apis if a is owner]
+        self._ws[ev.xid] = _WsSession(ev, host, path, apis, owner)
+        self.stats["ws.sessions"] += 1
+        return []
+
+    def _ws_message(self, ev: WsMessage) -> list[object]:
+        s = self._ws.get(ev.xid)
+        if s is None:
+            return []
+        s.count(ev)
+        if not s.apis or ev.opcode != "text" or not ev.data:
+            return []
+        if ev.from_client:
+            try:
+                msg = json_loads(ev.data)
+            except ValueError:
+                return []
+            for a, api in s.apis:
+                if a.starts_call(api, msg) and (s.owner is a or a.match_body(api, msg)):
+                    self.stats["llm.calls"] += 1
+                    s.calls.append(_WsCall(a.name if s.owner is not None else "unknown", api, a, s.path, msg,
+                                           ev.first_ts))
+                    break
+            return []
+        if not s.calls:
+            return []
+        call = s.calls[0]
+        m = call.merger
+        if m.feed_sse(None, ev.data) and call.first_token_ns is None:  # type: ignore[arg-type]
+            call.first_token_ns = ev.first_ts
+        if m.complete or m.error is not None:
+            s.calls.popleft()
+            return [self._ws_call_event(s, call, ev.ts, None)]
+        return []
+
+    def _ws_call_event(self, s: _WsSession, call: _WsCall, ended: int, incomplete: str | None) -> LlmCall:
+        s.llm_calls += 1
+        m = call.merger
+        m.finish()
+        resp = m.result()
+        if incomplete in _ENDS and m.complete:
+            incomplete = None
+        error = m.error
+        if error is None and incomplete in _CONN_FAILURES:
+            error = {"type": "connection", "message": _CONN_FAILURES[incomplete]}
+        if incomplete:
+            self.stats["llm.incomplete"] += 1
+        req = s.req
+        return LlmCall(
+            ts=ended, provider=call.provider, api=call.api, model=call.model if call.model is not None
+            else resp.get("model"), stream=True, status=s.resp.status, method=req.method, host=s.host,
+            path=req.target, request=call.request, request_headers=headers_dict(req.headers),
+            response_headers=headers_dict(s.resp.headers), response=_response(resp), usage=m.usage,
+            started_ns=call.started, first_token_ns=call.first_token_ns, ended_ns=ended, pid=req.pid, tid=req.tid,
+            comm=req.comm, conn=req.conn, side=req.side, error=error, incomplete_reason=incomplete,
+            protocol="websocket")
+
+    def _ws_end(self, ev: WsEnd) -> list[object]:
+        s = self._ws.pop(ev.xid, None)
+        if s is None:
+            return []
+        out: list[object] = [self._ws_call_event(s, call, ev.ts, ev.reason) for call in s.calls]
+        if s.llm_calls:
+            return out
+        req, resp = s.req, s.resp
+        c = s.counts
+        out.append(WebSocketSession(
+            ts=ev.ts, host=s.host, path=req.target, status=resp.status,
+            subprotocol=header_value(resp.headers, b"sec-websocket-protocol"),
+            extensions=header_value(resp.headers, b"sec-websocket-extensions"), started_ns=req.ts,
+            opened_ns=resp.ts, ended_ns=ev.ts, pid=req.pid, tid=req.tid, comm=req.comm, conn=req.conn,
+            side=req.side, client_messages=c[0], server_messages=c[1], client_bytes=c[2], server_bytes=c[3],
+            client_wire_bytes=ev.client_wire_bytes, server_wire_bytes=ev.server_wire_bytes, messages=s.messages,
+            messages_omitted=s.omitted, close_code=s.close_code, close_reason=s.close_reason,
+            closed_by=s.closed_by, incomplete_reason=None if s.closed_by is not None else ev.reason))
+        return out
 
 
 def _response(r: dict[str, Any]) -> LlmResponse:

@@ -2,8 +2,13 @@
 
 * keys connections by ``(pid, conn)``;
 * decides, from the first bytes, whether a connection carries HTTP/1.x
-  (and which side is the client), HTTP/2, or something else; non-HTTP/1
-  connections are counted once in ``stats`` and then dropped cheaply;
+  (and which side is the client), HTTP/2 (its preface, or a read that is
+  whole HTTP/2 frames: a connection first seen in its middle), or
+  something else; other connections are counted once in ``stats`` and then
+  dropped cheaply. When one direction's first bytes are not HTTP, the
+  other direction still gets its say (up to MAX_UNDECIDED bytes held): an
+  HTTP/2 client's requests are whole frames even where the responses
+  captured first began in the middle of one;
 * passes lost byte counts (``gap`` before, ``truncated`` after the data) on
   to the HTTP stage, which owns framing;
 * turns the end of a TLS session, an `Exit` of a process, and ``close()``
@@ -15,11 +20,14 @@ import re
 
 from ..events import Exit, TlsData
 from .base import ConnKey, Stats, StreamData, StreamEnd
+from .http2 import looks_like_frames
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _METHOD = re.compile(rb"[A-Z][A-Z_-]{0,23}")
 _DECIDE_BYTES = 24  # enough to tell a request, a response and the h2 preface
 MAX_CONNS = 1 << 16  # connection states kept; the oldest quarter goes beyond that
+MAX_UNDECIDED = 256 << 10  # bytes held while one direction waits for the other to decide
+MAX_UNDECIDED_READS = 1024  # and reads
 
 # connection states
 _UNDECIDED, _HTTP, _DEAD = 0, 1, 2
@@ -49,13 +57,16 @@ def classify_prefix(b: bytes) -> str | None:
 
 
 class _Conn:
-    __slots__ = ("state", "swapped", "pending", "first")
+    __slots__ = ("state", "swapped", "pending", "first", "protocol", "not_http", "held")
 
     def __init__(self) -> None:
         self.state = _UNDECIDED
         self.swapped = False  # the traced process answers requests on it
         self.pending: list[StreamData] = []
         self.first = {"send": b"", "recv": b""}
+        self.protocol = "http/1.1"
+        self.not_http: str | None = None  # the direction whose first bytes were not HTTP
+        self.held = 0  # bytes in pending
 
 
 class StreamReassembler:
@@ -109,12 +120,17 @@ class StreamReassembler:
             self._by_pid.setdefault(pid, set()).add(key)
         if c.state == _HTTP:
             return [StreamData(key, "req" if (d == "send") != c.swapped else "resp", data, gap, trunc, ev.ts,
-                               pid, ev.tid, ev.comm, ev.conn, "server" if c.swapped else "client")]
+                               pid, ev.tid, ev.comm, ev.conn, "server" if c.swapped else "client", c.protocol)]
         return self._undecided(key, c, ev, d, data, gap, trunc)
 
     def _undecided(self, key: ConnKey, c: _Conn, ev: TlsData, d: str, data: bytes,
                    gap: int, trunc: int) -> list[object]:
         c.pending.append(StreamData(key, d, data, gap, trunc, ev.ts, ev.pid, ev.tid, ev.comm, ev.conn))
+        c.held += len(data)
+        if d == c.not_http:  # this direction said no already: the other one decides
+            if c.held > MAX_UNDECIDED or len(c.pending) > MAX_UNDECIDED_READS:
+                return self._dead(c)
+            return []
         first = c.first[d]
         if len(first) < _DECIDE_BYTES:
             first = c.first[d] = first + data[: _DECIDE_BYTES - len(first)]
@@ -124,14 +140,20 @@ class StreamReassembler:
                 kind = OTHER
             else:
                 return []
-        if kind == OTHER or kind == HTTP2:
-            c.state = _DEAD
-            self.stats["skipped.http2" if kind == HTTP2 else "skipped.not_http"] += 1
-            self.stats["skipped.bytes"] += sum(len(p.data) for p in c.pending)
-            c.pending = []
-            return []
-        # REQUEST on send / RESPONSE on recv: we are the client
-        c.swapped = (kind == RESPONSE) == (d == "send")
+        if kind == OTHER and looks_like_frames(b"".join(p.data for p in c.pending if p.role == d)):
+            kind = HTTP2  # frames without the preface: seen from the middle
+        if kind == OTHER:
+            if c.not_http is None:
+                c.not_http = d
+                return []
+            return self._dead(c)
+        if kind == HTTP2:
+            # the client sends the preface; mid-connection the HTTP/2 stage reads who is who from the headers
+            c.swapped = d == "recv" and first[:24] == H2_PREFACE
+            c.protocol = "h2"
+        else:
+            # REQUEST on send / RESPONSE on recv: we are the client
+            c.swapped = (kind == RESPONSE) == (d == "send")
         c.state = _HTTP
         side = "server" if c.swapped else "client"
         out: list[object] = list(c.pending)
@@ -140,7 +162,16 @@ class StreamReassembler:
         for p in out:
             p.role = "req" if (p.role == "send") != c.swapped else "resp"  # type: ignore[attr-defined]
             p.side = side  # type: ignore[attr-defined]
+            p.protocol = c.protocol  # type: ignore[attr-defined]
         return out
+
+    def _dead(self, c: _Conn) -> list[object]:
+        c.state = _DEAD
+        self.stats["skipped.not_http"] += 1
+        self.stats["skipped.bytes"] += c.held
+        c.pending = []
+        c.first = {}
+        return []
 
     def _evict(self) -> None:
         """Forget the oldest connections (a long capture whose processes never exit)."""
@@ -173,6 +204,7 @@ class StreamReassembler:
             if c.state == _UNDECIDED and c.pending:
                 # too few bytes to decide: not HTTP as far as we can tell
                 self.stats["skipped.not_http"] += 1
+                self.stats["skipped.bytes"] += sum(len(p.data) for p in c.pending)
             if c.state == _HTTP:
                 out.append(StreamEnd(key, reason, ts))
         return out

@@ -4,7 +4,8 @@ Two forms, one set of patterns:
 
 * masking, for captures: every byte of a secret becomes ``*``, so lengths,
   Content-Length and chunk framing stay right and a masked capture still
-  parses and replays (`mask_bytes`, `mask_text`, `mask_argv`);
+  parses and replays (`mask_bytes`, `mask_text`, `mask_argv`; HTTP/2 header
+  blocks, which HPACK compresses, in h2mask.py);
 * redaction, for what the analyzers made of it: a secret becomes
   ``[REDACTED]`` (`redact_text`, `redact_json`, `redact_headers`).
 
@@ -24,7 +25,7 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall
+from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall, WebSocketSession
 
 REDACTED = "[REDACTED]"
 
@@ -259,15 +260,23 @@ class Redactor:
 
     `view(event)` returns the event itself when it holds nothing to hide,
     else a copy; the event given is never changed, so correlation and the
-    analyzers keep working on what was really seen."""
+    analyzers keep working on what was really seen. It follows HTTP/2
+    connections frame by frame, so it must see every `ssl` event of a
+    capture, in order."""
 
     def __init__(self) -> None:
         self.errors = 0
+        from .h2mask import H2Masker  # (it uses this module's patterns)
+
+        self._h2 = H2Masker()  # HTTP/2 header blocks: HPACK hides them from the patterns
 
     def view(self, ev: Any) -> Any:
         t = type(ev)
         try:
             if t is TlsData:
+                h2 = self._h2.mask(ev)
+                if h2 is not None:
+                    return ev if h2 == ev.data else dataclasses.replace(ev, data=h2)
                 masked = mask_bytes(ev.data)
                 return ev if masked is ev.data else dataclasses.replace(ev, data=masked)
             if t is Exec:
@@ -278,6 +287,11 @@ class Redactor:
             if t is HttpExchange:
                 path = redact_text(ev.path)
                 return ev if path == ev.path else dataclasses.replace(ev, path=path)
+            if t is WebSocketSession:
+                path = redact_text(ev.path)
+                reason = redact_text(ev.close_reason) if ev.close_reason else ev.close_reason
+                return ev if path == ev.path and reason == ev.close_reason else dataclasses.replace(
+                    ev, path=path, close_reason=reason)
         except Exception:  # never leak a secret because of a bug: drop the payload
             self.errors += 1
             return self._blank(ev)
@@ -300,6 +314,8 @@ class Redactor:
                                        request_headers={}, response_headers={}, path=REDACTED)
         if isinstance(ev, HttpExchange):
             return dataclasses.replace(ev, path=REDACTED)
+        if isinstance(ev, WebSocketSession):
+            return dataclasses.replace(ev, path=REDACTED, close_reason=None)
         return ev
 
 

@@ -47,4 +47,4 @@ class Sink(abc.ABC):
 
 RAW_KINDS = frozenset(("ssl", "exec", "exit", "fork", "open", "file", "connect"))
 PROCESS_KINDS = frozenset(("exec", "exit", "fork", "open", "file", "connect"))
-DERIVED_KINDS = frozenset(("http", "llm_call", "link", "unexplained"))
+DERIVED_KINDS = frozenset(("http", "llm_call", "websocket", "link", "unexplained"))

@@ -13,7 +13,10 @@ An adapter answers three questions about an HTTP exchange:
   Ollama or LiteLLM speaking the OpenAI API; they are reported as provider
   ``unknown``);
 * ``new_merger(api, ...)``: an object that merges the response (one JSON body,
-  or server-sent events one by one) into the final message.
+  or server-sent events one by one) into the final message;
+* for APIs that also run over a WebSocket, ``match_websocket(path)`` and
+  ``starts_call(api, message)``: the server's messages are fed to the
+  merger as events until it is complete.
 """
 from __future__ import annotations
 
@@ -209,6 +212,16 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def new_merger(self, api: str, request: Any) -> Merger:
         """What merges the response of one call."""
+
+    # WebSocket sessions: LLM calls as messages (the Responses API's WebSocket mode)
+    def match_websocket(self, path: str) -> str | None:
+        """Which of its APIs a WebSocket opened at `path` speaks, if any."""
+        return None
+
+    def starts_call(self, api: str, message: Any) -> bool:
+        """Whether a client message of such a session asks for a response
+        (the server's messages up to the merger's end are its answer)."""
+        return False
 
 
 ADAPTERS: list[Adapter] = []

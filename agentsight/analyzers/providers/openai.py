@@ -283,6 +283,12 @@ class OpenAIAdapter(Adapter):
             return "prompt" in body and "model" in body
         return "input" in body and "model" in body
 
+    def match_websocket(self, path: str) -> str | None:
+        return "responses" if path.endswith("/responses") else None
+
+    def starts_call(self, api: str, message: Any) -> bool:
+        return isinstance(message, dict) and message.get("type") == "response.create"
+
     def new_merger(self, api: str, request: Any) -> Merger:
         if api == "responses":
             return ResponsesMerger()
