@@ -34,6 +34,27 @@ def _add_common(p: argparse.ArgumentParser, redact: bool = True) -> None:
                        help="keep API keys, tokens, cookies and passwords in the output")
 
 
+def _add_otlp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--otlp", nargs="?", const="", metavar="URL",
+                   help="also send OpenTelemetry GenAI traces and metrics to this OTLP endpoint (base URL, e.g. "
+                   "http://collector:4318; without URL: OTEL_EXPORTER_OTLP_ENDPOINT); needs agentsight[otlp]")
+    p.add_argument("--otlp-content", action="store_true",
+                   help="with --otlp: include the messages, tool arguments and tool results (redacted)")
+
+
+def _otlp_options(args):
+    """OtlpOptions for --otlp, or None; checked before anything starts."""
+    if getattr(args, "otlp", None) is None:
+        if getattr(args, "otlp_content", False):
+            raise AgentsightError("--otlp-content needs --otlp", exit_code=2)
+        return None
+    from .sinks.otlp import OtlpOptions
+
+    options = OtlpOptions(endpoint=args.otlp or None, content=args.otlp_content)
+    options.check()
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentsight",
@@ -71,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
                        help="bytes captured per TLS call at most (default: 1M)")
     _add_common(trace)
+    _add_otlp(trace)
 
     replay = sub.add_parser("replay", help="analyse a file written by ssl, process or trace --raw",
                             description="Run the analyzers over raw events recorded earlier (no root needed).")
@@ -95,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--no-live", action="store_true", help="no status line on the terminal")
     record.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
                         help="ring buffer size per BPF object, a power of two (default: 32M)")
+    _add_otlp(record)
     record.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                         help="the command to run and record")
 
@@ -104,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("session", metavar="SESSION.db")
     report.add_argument("--json", action="store_true", help="the same as one JSON document")
 
-    export = sub.add_parser("export", help="every event of a session as JSON lines")
+    export = sub.add_parser("export", help="every event of a session as JSON lines, or its traces to OTLP (--otlp)")
     export.add_argument("session", metavar="SESSION.db")
     export.add_argument("-o", "--output", metavar="FILE.jsonl", help="write here instead of stdout")
     export.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    _add_otlp(export)
 
     proc = sub.add_parser("process", help="capture exec, exit, fork and file opens",
                           description="Capture process activity, as JSON lines.")
@@ -188,17 +212,21 @@ def _capture(collectors, args, analyse: bool):
     from .analyzers.correlate import Correlator
     from .collectors.live import LiveCapture
     from .pipeline import Pipeline
-    from .sinks.base import DERIVED_KINDS, PROCESS_KINDS, RAW_KINDS
+    from .sinks.base import DERIVED_KINDS, PROCESS_KINDS, RAW_KINDS, Sink
     from .sinks.jsonl import JsonLinesSink
 
     redact = _redact_warning(args)
     if not analyse:
-        sinks = [JsonLinesSink(args.output, RAW_KINDS, args.overwrite)]
-        return Pipeline(LiveCapture(collectors), sinks, redact=redact)
-    sinks = [JsonLinesSink(args.output, PROCESS_KINDS | DERIVED_KINDS, args.overwrite)]
+        return Pipeline(LiveCapture(collectors), [JsonLinesSink(args.output, RAW_KINDS, args.overwrite)], redact=redact)
+    sinks: list[Sink] = [JsonLinesSink(args.output, PROCESS_KINDS | DERIVED_KINDS, args.overwrite)]
     if getattr(args, "raw", None):
         # The raw file is masked too, keeping byte counts so it still replays.
         sinks.append(JsonLinesSink(args.raw, RAW_KINDS, args.overwrite))
+    otlp = _otlp_options(args)
+    if otlp is not None:
+        from .sinks.otlp import OtlpSink
+
+        sinks.append(OtlpSink(otlp, mode="trace"))
     return Pipeline(LiveCapture(collectors), sinks, analysis=Analysis(), correlator=Correlator(), redact=redact)
 
 
@@ -315,7 +343,15 @@ def cmd_record(args) -> int:
     opts = RecordOptions(output=output, command=command or None, pid=args.pid, comm=args.comm,
                          ring_size=args.ring_size, wakeup_bytes=_wakeup_bytes(args.ring_size),
                          live=not args.no_live, overwrite=args.overwrite)
-    return Recording(opts).run()
+    otlp = _otlp_options(args)
+    if otlp is None:
+        return Recording(opts).run()
+    from .sinks.otlp import OtlpSink
+
+    sink = OtlpSink(otlp, mode="record")
+    recording = Recording(opts, extra_sinks=[sink])
+    sink.roots = lambda: recording.root_pids
+    return recording.run()
 
 
 def cmd_report(args) -> int:
@@ -333,6 +369,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
+    otlp = _otlp_options(args)
+    if otlp is not None:
+        if args.output:
+            raise AgentsightError("export writes JSON lines (-o) or sends to OTLP (--otlp), not both", exit_code=2)
+        from .sinks.otlp import export_session
+
+        return export_session(args.session, otlp)
+
     from .sinks.session import open_session
     from .ui.report import export_events
 

@@ -11,7 +11,7 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import orjson
 from ..analyzers.correlate import file_change
 from ..errors import AgentsightError
 from ..events import (
-    Connect, Exec, Exit, FileKey, FileOp, Fork, HttpExchange, Link, LlmCall, Open, ProcessKey, RawEvent, Unexplained,
+    Connect, EventDecodeError, Exec, Exit, FileKey, FileOp, Fork, HttpExchange, Link, LlmCall, LlmResponse, Open,
+    ProcessKey, RawEvent, ToolCall, ToolCallRef, Unexplained, from_json,
 )
 from .base import Outcome, Sink
 from .files import check_new, invoking_user
@@ -308,3 +309,90 @@ def open_session(path: str) -> sqlite3.Connection:
 
 def read_meta(db: sqlite3.Connection) -> dict[str, Any]:
     return {row["key"]: orjson.loads(row["value"]) for row in db.execute("SELECT key, value FROM meta")}
+
+
+def _llm_call(d: dict[str, Any]) -> LlmCall | None:
+    """An LLM call from its stored JSON form (docs/events.md)."""
+    try:
+        r = d.get("response") or {}
+        response = LlmResponse(
+            text=r.get("text") or "", stop_reason=r.get("stop_reason"), thinking=r.get("thinking"),
+            model=r.get("model"), id=r.get("id"),
+            tool_calls=[ToolCall(t.get("id"), t.get("name"), t.get("arguments")) for t in r.get("tool_calls") or ()
+                        if isinstance(t, dict)])
+        return LlmCall(
+            ts=d["ts"], provider=d.get("provider") or "unknown", api=d.get("api") or "", model=d.get("model"),
+            stream=bool(d.get("stream")), status=d.get("status"), method=d.get("method") or "",
+            host=d.get("host") or "", path=d.get("path") or "", request=d.get("request"),
+            request_headers=d.get("request_headers") or {}, response_headers=d.get("response_headers") or {},
+            response=response, usage={k: v for k, v in (d.get("usage") or {}).items() if isinstance(v, int)},
+            started_ns=d["started_ns"], first_token_ns=d.get("first_token_ns"), ended_ns=d["ended_ns"],
+            pid=d["pid"], tid=d.get("tid") or d["pid"], comm=d.get("comm") or "", conn=d.get("conn") or 0,
+            side=d.get("side") or "client", error=d.get("error"), incomplete_reason=d.get("incomplete_reason"),
+            request_truncated=bool(d.get("request_truncated")), analysis_error=d.get("analysis_error"),
+            protocol=d.get("protocol") or "http/1.1")
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def session_events(db: sqlite3.Connection) -> Iterator[Any]:
+    """A session as the typed events that made it, for sinks that read one
+    back (`export --otlp`): the process events and LLM calls in time order,
+    then the links and the unexplained activity, as correlation gives them
+    when a recording ends. Rows that no longer decode are skipped."""
+    db.row_factory = sqlite3.Row
+    query = """
+        SELECT ts, 0 AS k, event FROM raw_events WHERE type IN ('exec', 'exit', 'fork')
+        UNION ALL SELECT ended_ns, 1, record FROM llm_calls
+        ORDER BY 1, 2"""
+    for row in db.execute(query):
+        try:
+            d = orjson.loads(row["event"])
+        except orjson.JSONDecodeError:
+            continue
+        if row["k"] == 1:
+            call = _llm_call(d)
+            if call is not None:
+                yield call
+            continue
+        try:
+            yield from_json(d)
+        except EventDecodeError:
+            continue
+
+    processes = {r["id"]: r for r in db.execute("SELECT id, pid, start_ns, exec_ns FROM processes")}
+    files = {r["id"]: r for r in db.execute("SELECT id, ts, pid, op, path FROM file_activity")}
+    calls = {r["id"]: r for r in db.execute("SELECT id, pid, started_ns FROM llm_calls")}
+    tools: dict[int, ToolCallRef] = {}
+    index: dict[int, int] = {}
+    for t in db.execute("SELECT id, llm_call_id, call_id FROM tool_calls ORDER BY id"):
+        call = calls.get(t["llm_call_id"])
+        if call is None:
+            continue
+        i = index[t["llm_call_id"]] = index.get(t["llm_call_id"], -1) + 1
+        tools[t["id"]] = ToolCallRef(call["pid"], call["started_ns"], i, t["call_id"])
+
+    def target(kind: str, row_id: int) -> tuple[int, ProcessKey | FileKey] | None:
+        if kind == "process":
+            p = processes.get(row_id)
+            if p is None or p["start_ns"] is None:
+                return None
+            return p["exec_ns"] or p["start_ns"], ProcessKey(p["pid"], p["start_ns"])
+        f = files.get(row_id)
+        return None if f is None else (f["ts"], FileKey(f["pid"], f["ts"], f["op"], f["path"]))
+
+    for link in db.execute("SELECT tool_call_id, kind, target_id, evidence FROM links ORDER BY id"):
+        ref, found = tools.get(link["tool_call_id"]), target(link["kind"], link["target_id"])
+        if ref is not None and found is not None:
+            try:
+                evidence = orjson.loads(link["evidence"] or "{}")
+            except orjson.JSONDecodeError:
+                evidence = {}
+            yield Link(found[0], ref, found[1], evidence if isinstance(evidence, dict) else {})
+    has_unexplained = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'unexplained'").fetchone() is not None
+    if has_unexplained:
+        for u in db.execute("SELECT kind, target_id, reason FROM unexplained ORDER BY id"):
+            found = target(u["kind"], u["target_id"])
+            if found is not None:
+                yield Unexplained(found[0], found[1], u["reason"] or "")
