@@ -78,7 +78,7 @@ class OtlpOptions:
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise AgentsightError(f"--otlp {self.endpoint}: not an OTLP endpoint URL "
                                       "(for example http://collector:4318)", exit_code=2)
-        self.protocol  # noqa: B018 - raises on a protocol agentsight does not speak
+        self._modules()  # the SDK is there, before anything else starts
 
     def shown(self) -> str:
         """Where the spans go, as the summary names it (no credentials)."""
@@ -103,25 +103,32 @@ class OtlpOptions:
             base = base.removesuffix(known)
         return f"{base}/v1/{signal}"
 
-    def exporters(self) -> tuple[Any, Any | None]:
-        """The SDK's span exporter and metric exporter (None: metrics off)."""
-        metrics = os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() != "none"
+    def _modules(self) -> tuple[Any, Any]:
+        """The SDK's trace and metric exporter modules for the protocol."""
         if self.protocol == "grpc":
             try:
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.grpc import metric_exporter, trace_exporter
             except ImportError:
                 raise AgentsightError("OTLP over gRPC needs the OpenTelemetry gRPC exporter, which is not "
                                       "installed: pip install 'agentsight[otlp-grpc]'", exit_code=2) from None
-            return (OTLPSpanExporter(endpoint=self.endpoint or None),
-                    OTLPMetricExporter(endpoint=self.endpoint or None) if metrics else None)
+            return trace_exporter, metric_exporter
         try:
-            from opentelemetry.exporter.otlp.proto.http import metric_exporter, trace_exporter
+            from opentelemetry.exporter.otlp.proto.http import metric_exporter, trace_exporter  # type: ignore[no-redef]
         except ImportError:
             raise AgentsightError("--otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not "
                                   f"installed: {INSTALL_HINT}", exit_code=2) from None
-        return (trace_exporter.OTLPSpanExporter(endpoint=self._url("traces")),
-                metric_exporter.OTLPMetricExporter(endpoint=self._url("metrics")) if metrics else None)
+        return trace_exporter, metric_exporter
+
+    def exporters(self) -> tuple[Any, Any | None]:
+        """The SDK's span exporter and metric exporter (None: metrics off)."""
+        metrics = os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() != "none"
+        traces, metric = self._modules()
+        if self.protocol == "grpc":
+            endpoint = self.endpoint or None
+            return (traces.OTLPSpanExporter(endpoint=endpoint),
+                    metric.OTLPMetricExporter(endpoint=endpoint) if metrics else None)
+        return (traces.OTLPSpanExporter(endpoint=self._url("traces")),
+                metric.OTLPMetricExporter(endpoint=self._url("metrics")) if metrics else None)
 
 
 class _ExportErrors(logging.Handler):
