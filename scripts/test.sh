@@ -18,7 +18,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin
-          python3-venv mmdebstrap golang-go"
+          python3-venv mmdebstrap golang-go systemd"
 # node and npm: any version will do; only install Debian's if there are none.
 command -v node >/dev/null || packages="$packages nodejs"
 command -v npm >/dev/null || packages="$packages npm"

@@ -78,6 +78,16 @@ def test_every_module_imports_from_a_fresh_venv(installed):
     assert in_source - imported == set()
 
 
+def test_otlp_without_the_extra_says_what_to_install(installed, tmp_path):
+    """The base install has no OpenTelemetry SDK: --otlp says, in one sentence, how to get it."""
+    python, elsewhere = installed
+    result = subprocess.run([str(python), "-m", "agentsight", "export", str(tmp_path / "s.db"), "--otlp",
+                             "http://127.0.0.1:9"], capture_output=True, text=True, cwd=elsewhere, timeout=60)
+    assert result.returncode == 2 and result.stderr == (
+        "agentsight: --otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
+        "pip install 'agentsight[otlp]'\n"), result.stderr
+
+
 @pytest.mark.bpf
 def test_probes_runs_from_the_installed_package(installed):
     python, elsewhere = installed
@@ -155,11 +165,11 @@ def minimal_root(installed, distributable_wheel, tmp_path_factory):
     wheelhouse = root / "wheelhouse"
     host_python = installed[0]
     _run([str(host_python), "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-          "-d", str(wheelhouse), str(distributable_wheel)])
+          "-d", str(wheelhouse), f"{distributable_wheel}[otlp]"])
     inside = _chroot(root)
     _run(inside + ["python3", "-m", "venv", "/opt/agentsight"])
     _run(inside + ["/opt/agentsight/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index",
-                   "--find-links", "/wheelhouse", "agentsight"])
+                   "--find-links", "/wheelhouse", "agentsight[otlp]"])
     print(f"\nminimal root: tarball {'built' if built - started > 1 else 'cached'} in {built - started:.1f} s, "
           f"extracted and installed in {time.monotonic() - built:.1f} s")
     yield root
@@ -209,5 +219,5 @@ def test_dockerfile_builds_what_the_minimal_root_proves():
     installed = text.split("apt-get install -y --no-install-recommends", 1)[1].split("\\", 1)[0].split()
     assert set(installed) <= set(ROOTFS_PACKAGES.split(",")) and {"python3", "python3-venv"} <= set(installed)
     assert "python3 -m venv /opt/agentsight" in text
-    assert "/opt/agentsight/bin/pip install --no-cache-dir /tmp/agentsight-*.whl" in text
+    assert '/opt/agentsight/bin/pip install --no-cache-dir "$(echo /tmp/agentsight-*.whl)[otlp]"' in text
     assert "COPY dist/agentsight-*-manylinux_*_x86_64.whl /tmp/" in text
