@@ -61,9 +61,10 @@ class OtlpReceiver:
         self._thread.start()
 
     def spans(self) -> list[tuple[dict, dict]]:
-        """(resource attributes, span as a dict) of every span received."""
+        """(resource attributes, span as a dict) of every span received;
+        `request` is the number of the request that brought it."""
         out = []
-        for request in self.traces:
+        for n, request in enumerate(self.traces):
             for rs in request.resource_spans:
                 resource = attributes(rs.resource.attributes)
                 for ss in rs.scope_spans:
@@ -74,7 +75,7 @@ class OtlpReceiver:
                             "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
                             "attributes": attributes(s.attributes), "status": s.status.code,
                             "events": [(e.name, e.time_unix_nano, attributes(e.attributes)) for e in s.events],
-                            "scope": ss.scope.name}))
+                            "scope": ss.scope.name, "request": n}))
         return out
 
     def metric_points(self) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -33,8 +34,9 @@ TOOL_SECRET = "ghp_otlpTestToolSecret0123456789abcdefXY"
 
 AGENT = textwrap.dedent(
     """
-    import json, ssl, subprocess, sys, urllib.request
+    import json, os, ssl, subprocess, sys, time, urllib.request
     base, ca, side_url = sys.argv[1:4]
+    time.sleep(float(os.environ.get("AGENT_START_DELAY", "0")))
     ctx = ssl.create_default_context(cafile=ca)
 
     def ask(messages):
@@ -330,3 +332,68 @@ def test_trace_keeps_capturing_when_the_backend_is_down(capture, tmp_path):
                            f"http://127.0.0.1:{port}/v1/traces; dropped: {made} spans not taken by the backend"), line
     assert line.endswith("(connection refused)"), line
     print(line)
+
+
+def _container_cgroup(container: str) -> Path:
+    """A cgroup named the way Docker names a container's (`docker-ID.scope`),
+    in this machine's cgroup2 hierarchy or its v1 `pids` one."""
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    roots = [m[1] for m in mounts if m[2] == "cgroup2"] + [m[1] for m in mounts if m[2] == "cgroup" and
+                                                            "pids" in m[3].split(",")]
+    assert roots, "no cgroup hierarchy to make a container's cgroup in"
+    path = Path(roots[0]) / "agentsight-test" / f"docker-{container}.scope"
+    path.mkdir(parents=True)
+    return path
+
+
+def test_trace_otlp_live_names_the_container(capture, world, tmp_path):
+    """`trace --otlp` while an agent runs in a container's cgroup: its trace
+    carries container.id, and what correlation links only when the capture
+    ends still lands under the tool call."""
+    receiver = OtlpReceiver()
+    container = secrets.token_hex(32)
+    cgroup = _container_cgroup(container)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        run = capture("trace", "--otlp", receiver.url, env=env)
+        # Running for a while, as agents do: agentsight reads its cgroup while it runs.
+        agent = subprocess.run(["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *_agent_cmd(world)],
+                               capture_output=True, text=True, timeout=120, env=dict(env, AGENT_START_DELAY="1.5"))
+        assert agent.returncode == 0 and agent.stdout.strip() == "Done: note saved.", agent.stderr
+        time.sleep(4)  # the tool call's and the agent's spans go out before the links are made
+        events, stderr = run.stop()
+    finally:
+        cgroup.rmdir()  # empty again: the agent has exited
+        cgroup.parent.rmdir()
+    try:
+        line = next(l for l in stderr.splitlines() if l.startswith("agentsight: otlp: "))
+        made = int(line.split(" of ")[1].split(" spans")[0])
+        assert line.startswith(f"agentsight: otlp: {made} of {made} spans and "), line
+        received = receiver.spans()
+        roots = [s for r, s in received if s["name"] == "invoke_agent agent.py"
+                 and s["attributes"]["process.command_args"] == _agent_cmd(world)]
+        assert len(roots) == 1, [(s["name"], s["attributes"].get("process.command_args")) for _, s in received
+                                 if s["parent_id"] is None]
+        trace = roots[0]["trace_id"]
+        spans = {s["span_id"]: (r, s) for r, s in received if s["trace_id"] == trace}
+        assert {r.get("container.id") for r, _ in spans.values()} == {container}
+        assert all(r["service.name"] == "agentsight" for r, _ in spans.values())
+        assert all(s["parent_id"] is None or s["parent_id"] in spans for _, s in spans.values())
+        names = sorted(s["name"] for _, s in spans.values())
+        assert names.count("chat claude-test") == 2 and names.count("execute_tool bash") == 1, names
+        tool = next(s for _, s in spans.values() if s["name"] == "execute_tool bash")
+        assert spans[tool["parent_id"]][1]["name"] == "chat claude-test"
+        below_tool = [s for _, s in spans.values() if s["parent_id"] == tool["span_id"]]
+        assert [s["name"] for s in below_tool] == ["process sh"], names
+        assert below_tool[0]["attributes"]["agentsight.link.evidence.arguments"] == "argv is arguments.command"
+        # Linked when the capture ended, after their tool call's span had gone out: still below it.
+        assert below_tool[0]["request"] > tool["request"]
+        subtree = [s for _, s in spans.values() if s["parent_id"] == below_tool[0]["span_id"]] + below_tool
+        writes = [(e[0], e[2]["file.path"]) for s in subtree for e in s["events"]]
+        assert writes == [("file.write", str(world["note"]))]
+        unexplained = [s for _, s in spans.values() if s["attributes"].get("agentsight.unexplained")]
+        assert [s["attributes"]["process.command_args"][-1] for s in unexplained] == [world["http"] + "/side"]
+        assert {spans[s["parent_id"]][1]["name"] for s in unexplained} == {"invoke_agent agent.py"}
+        assert API_KEY not in json.dumps([s for _, s in spans.values()])
+    finally:
+        receiver.close()

@@ -386,3 +386,27 @@ def test_options_and_errors_a_user_sees(tmp_path):
     assert r.returncode == 2 and r.stderr == (
         "agentsight: --otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
         "pip install 'agentsight[otlp]'\n"), r.stderr
+
+
+def test_calls_seen_from_the_server_side_are_no_agent_s():
+    """A traced process that answers LLM calls (a local model server, the
+    mock in a test runner) is not an agent: its view of a call makes no span,
+    and correlation links the tool call to the client that made it."""
+    from dataclasses import replace
+
+    from agentsight.analyzers.correlate import Correlator
+
+    client = call(100, T0 + S, T0 + 2 * S, [("toolu_1", "bash", {"command": "ls"})])
+    server = replace(client, pid=50, tid=50, side="server")
+    events = [Fork(T0, 50, 50, "server", 0, child_pid=100), exec_(T0 + 1, 100, 50, ["python3", "agent.py"]),
+              server, client, Fork(T0 + 3 * S, 100, 100, "python3", 0, child_pid=101),
+              exec_(T0 + 3 * S + 1, 101, 100, ["ls"]), Exit(T0 + 4 * S, 101, 101, "ls", 0, exit_code=0, ppid=100)]
+    correlator = Correlator()
+    for ev in events:
+        correlator.feed(ev)
+    (link,) = [e for e in correlator.close() if isinstance(e, Link)]
+    assert link.tool_call.llm_pid == 100
+    b = TraceBuilder(mode="trace", wall_clock=lambda: T0)
+    spans = run(b, events + [link]) + b.close(T0 + 5 * S)
+    assert sorted(s.name for s in spans) == ["chat claude-x", "execute_tool bash", "invoke_agent agent.py", "process ls"]
+    assert not b.stats["links_unresolved"]

@@ -172,6 +172,10 @@ class Correlator:
         self._current[p.key.pid] = p
 
     def _llm(self, ev: LlmCall) -> None:
+        if ev.side != "client":
+            # A traced process answered it (a model server, a mock in a test
+            # runner): its tool calls are its client's to run, not its own.
+            return
         call = _Call(ev.pid, ev.started_ns, ev.ended_ns)
         for i, tc in enumerate(ev.response.tool_calls):
             call.tool_calls.append((ToolCallRef(ev.pid, ev.started_ns, i, tc.id), tc.arguments))

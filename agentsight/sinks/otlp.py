@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..errors import AgentsightError
 from .base import Outcome, Sink
-from .otlp_spans import MetricPoint, ProcessInfo, SpanData, TraceBuilder, describe_running
+from .otlp_spans import MetricPoint, ProcessInfo, SpanData, TraceBuilder, container_of, describe_running
 
 INSTALL_HINT = "pip install 'agentsight[otlp]'"
 DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
@@ -348,7 +348,8 @@ class OtlpSink(Sink):
         self.roots: Callable[[], Iterable[int]] = roots or (lambda: ())
         describe: Callable[[int], ProcessInfo] | None = describe_running if live else None
         self.builder = TraceBuilder(mode=mode, roots=lambda: self.roots(), content=options.content,
-                                    describe=describe, wall_clock=time.time_ns if live else None)
+                                    describe=describe, container=container_of if live else None,
+                                    wall_clock=time.time_ns if live else None)
         self._errors = _ExportErrors()
         if worker is None:
             span_exporter, metric_exporter = options.exporters()

@@ -109,6 +109,15 @@ def container_id(cgroup_text: str) -> str | None:
     return found
 
 
+def container_of(pid: int) -> str | None:
+    """The container a running process is in (None: none, or it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return container_id(f.read())
+    except OSError:
+        return None
+
+
 def describe_running(pid: int) -> ProcessInfo:
     """argv, executable and container of a live process, from /proc."""
     info = ProcessInfo()
@@ -122,11 +131,7 @@ def describe_running(pid: int) -> ProcessInfo:
         info.executable = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         pass
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            info.container_id = container_id(f.read())
-    except OSError:
-        pass
+    info.container_id = container_of(pid)
     return info
 
 
@@ -275,6 +280,8 @@ class _Proc:
     end_ns: int | None = None
     exit_code: int | None = None
     signal: int | None = None
+    container: str | None = None
+    looked_up: bool = False  # container: read from /proc when its exec was seen
     # what it is in the trace, once a link or the correlator says
     span_id: int | None = None
     trace: _Trace | None = None
@@ -294,12 +301,14 @@ class TraceBuilder:
     LLM call with no agent above it is an agent, and its trace ends when it
     exits, after TRACE_IDLE_SECONDS without an LLM call, or after
     TRACE_WINDOW_SECONDS. `describe` tells what a running process is (its
-    /proc), for agents whose exec was not seen; None when reading a file.
+    /proc), for agents whose exec was not seen, and `container` the container
+    of each program as its exec is seen; both None when reading a file.
     `content`: gen_ai.input/output messages and tool arguments and results
     (redacted). feed() and due() return the spans that are complete."""
 
     def __init__(self, *, mode: str = "record", roots: Callable[[], Iterable[int]] | None = None,
                  content: bool = False, describe: Callable[[int], ProcessInfo] | None = None,
+                 container: Callable[[int], str | None] | None = None,
                  wall_clock: Callable[[], int] | None = None, settle: float = SETTLE_SECONDS,
                  idle: float = TRACE_IDLE_SECONDS, window: float = TRACE_WINDOW_SECONDS,
                  rng: random.Random | None = None) -> None:
@@ -308,6 +317,7 @@ class TraceBuilder:
         self._roots: frozenset[int] = frozenset()
         self.content = content
         self.describe = describe
+        self.container = container
         self.wall_clock = wall_clock
         self.settle = settle
         self.idle_ns = int(idle * NS)
@@ -398,6 +408,9 @@ class TraceBuilder:
                 p.end_ns = ev.ts  # the program it ran before
             p = _Proc(ProcessKey(ev.pid, ev.ts), ev.ppid, ev.comm, ev.argv, ev.filename, ev.cwd, ev.ts)
             self._remember(p)
+        if self.container is not None:
+            # Now, while it runs: a short-lived agent is gone by the time its LLM call is analysed.
+            p.container, p.looked_up = self.container(ev.pid), True
         self.last_ns = max(self.last_ns, ev.ts)
         traces = self._agents.get(ev.pid)
         if traces and traces[-1].end_ns is None and traces[-1].calls == 0:
@@ -449,7 +462,10 @@ class TraceBuilder:
         executable = p.filename if p is not None else None
         comm = p.comm if p is not None else ""
         container = None
-        if self.describe is not None:
+        known = self._container_seen(agent_pid)
+        if known is not None:
+            container = known[0]
+        elif self.describe is not None:
             info = self.describe(agent_pid)
             argv = argv or info.argv
             executable = executable or info.executable
@@ -471,6 +487,19 @@ class TraceBuilder:
         if len(traces) > MAX_TRACES_PER_AGENT:
             del traces[0]
         return tr
+
+    def _container_seen(self, pid: int) -> tuple[str | None] | None:
+        """(container,) of the nearest process up from `pid` whose exec was
+        seen (children stay in their parent's container); None: none was."""
+        q: int | None = pid
+        for _ in range(MAX_DEPTH):
+            p = self._current.get(q) if q is not None else None
+            if p is None:
+                return None
+            if p.looked_up:
+                return (p.container,)
+            q = p.ppid
+        return None
 
     def _trace_for(self, pid: int, ts: int, create: bool) -> _Trace | None:
         """The trace of the agent `pid` belongs to, at time `ts`."""
@@ -515,6 +544,10 @@ class TraceBuilder:
     # -- LLM calls -----------------------------------------------------------------
 
     def _llm(self, call: LlmCall) -> list[SpanData]:
+        if call.side != "client":
+            # A traced process answered it (a local model server): the same
+            # call is a client's, and that is the span; its server is no agent.
+            return []
         tr = self._trace_for(call.pid, call.started_ns, create=True)
         assert tr is not None
         if tr.end_ns is not None and not tr.exported:  # reported after the agent's exit
