@@ -263,8 +263,8 @@ class ExportWorker:
         try:
             result = self.span_exporter.export([self._readable(s) for s in batch])
             ok = getattr(result, "name", str(result)) == "SUCCESS"
-        except Exception:  # noqa: BLE001 - a failing exporter must not end the export thread
-            logging.getLogger("opentelemetry.agentsight").warning("exporting spans failed", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a failing exporter must not end the export thread
+            logging.getLogger("opentelemetry.agentsight").warning("exporting spans failed: %s", exc)
             ok = False
         if ok:
             self.sent += len(batch)
@@ -317,8 +317,8 @@ class ExportWorker:
         try:
             result = self.metric_exporter.export(MetricsData(resource_metrics))
             ok = getattr(result, "name", str(result)) == "SUCCESS"
-        except Exception:  # noqa: BLE001
-            logging.getLogger("opentelemetry.agentsight").warning("exporting metrics failed", exc_info=True)
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("opentelemetry.agentsight").warning("exporting metrics failed: %s", exc)
             ok = False
         if ok:
             self.metrics_sent += len(points)
