@@ -221,3 +221,39 @@ def test_dockerfile_builds_what_the_minimal_root_proves():
     assert "python3 -m venv /opt/agentsight" in text
     assert '/opt/agentsight/bin/pip install --no-cache-dir "$(echo /tmp/agentsight-*.whl)[otlp]"' in text
     assert "COPY dist/agentsight-*-manylinux_*_x86_64.whl /tmp/" in text
+
+
+@pytest.mark.bpf
+def test_trace_otlp_in_a_minimal_container(minimal_root):
+    """What the DaemonSet runs, from the image's contents: `trace --otlp`
+    inside the minimal root, an LLM call made there, its spans received."""
+    from llm_mock import LLMMock, Script
+    from otlp_receiver import OtlpReceiver
+
+    root = minimal_root
+    inside = _chroot(root)
+    receiver = OtlpReceiver()
+    try:
+        with LLMMock() as mock:
+            mock.queue = [Script(text="from the image", input_tokens=5, output_tokens=3)]
+            shutil.copy(mock.ca_file, root / "llm-ca.pem")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+            run = RunningCapture(["trace", "--comm", "curl", "--otlp"], root / "otlp.jsonl",
+                                 python="/opt/agentsight/bin/python", cwd=root, wrapper=inside,
+                                 output_as_seen="/otlp.jsonl", env=env)
+            try:
+                curl = subprocess.run(inside + [
+                    "curl", "-sS", "--http1.1", "--cacert", "/llm-ca.pem", "-H", "content-type: application/json",
+                    "--data-binary", '{"model": "local-llama", "messages": [{"role": "user", "content": "hi"}]}',
+                    mock.base_url + "/v1/chat/completions"], capture_output=True, timeout=60)
+                assert curl.returncode == 0, curl.stderr
+                _, stderr = run.stop()
+            finally:
+                run.kill()
+        chats = [s for _, s in receiver.spans() if s["name"] == "chat local-llama"]
+        assert len(chats) == 1, stderr
+        assert chats[0]["attributes"]["gen_ai.usage.input_tokens"] == 5
+        assert "agentsight: otlp: 2 of 2 spans" in stderr, stderr
+    finally:
+        receiver.close()
