@@ -209,7 +209,8 @@ CONVERSATIONS = {
         {"role": "developer", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "weather?"}, {"type": "image_url", "image_url": {}}]},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "rainy"}]},
     "responses": {"model": "gpt-4.1", "instructions": "be brief", "input": [
         {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
@@ -217,7 +218,8 @@ CONVERSATIONS = {
         {"type": "function_call_output", "call_id": "call_1", "output": "rainy"}]},
     "streamGenerateContent": {"systemInstruction": {"parts": [{"text": "be brief"}]}, "contents": [
         {"role": "user", "parts": [{"text": "weather?"}]},
-        {"role": "model", "parts": [{"functionCall": {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}}}]},
+        {"role": "model", "parts": [
+            {"functionCall": {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}}}]},
         {"role": "user", "parts": [{"functionResponse": {"id": "call_1", "name": "get_weather",
                                                          "response": "rainy"}}]}]},
     "messages": {"model": "claude-x", "system": [{"type": "text", "text": "be brief"}], "messages": [
@@ -408,5 +410,6 @@ def test_calls_seen_from_the_server_side_are_no_agent_s():
     assert link.tool_call.llm_pid == 100
     b = TraceBuilder(mode="trace", wall_clock=lambda: T0)
     spans = run(b, events + [link]) + b.close(T0 + 5 * S)
-    assert sorted(s.name for s in spans) == ["chat claude-x", "execute_tool bash", "invoke_agent agent.py", "process ls"]
+    assert sorted(s.name for s in spans) == ["chat claude-x", "execute_tool bash", "invoke_agent agent.py",
+                                             "process ls"]
     assert not b.stats["links_unresolved"]

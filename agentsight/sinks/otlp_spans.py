@@ -58,6 +58,13 @@ PROVIDERS = {"anthropic": "anthropic", "openai": "openai", "gemini": "gcp.gemini
 OPERATIONS = {"generateContent": "generate_content", "streamGenerateContent": "generate_content"}
 INTERPRETERS = re.compile(r"^(python[0-9.]*|node(js)?|bun|deno|ruby|perl|php|java|sh|bash|dash|zsh|uv|npx|env)$")
 
+# Request fields -> gen_ai.request.* attributes (the first of a name found wins).
+_REQUEST_ATTRIBUTES = (
+    ("max_tokens", "gen_ai.request.max_tokens"), ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"), ("seed", "gen_ai.request.seed"),
+)
+
 DURATION_BOUNDS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TOKEN_BOUNDS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
@@ -573,13 +580,10 @@ class TraceBuilder:
         request = call.request if isinstance(call.request, dict) else {}
         if call.model:
             attrs["gen_ai.request.model"] = call.model
-        for key, name in (("max_tokens", "gen_ai.request.max_tokens"), ("max_output_tokens", "gen_ai.request.max_tokens"),
-                          ("max_completion_tokens", "gen_ai.request.max_tokens"),
-                          ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"),
-                          ("seed", "gen_ai.request.seed")):
+        for key, name in _REQUEST_ATTRIBUTES:
             v = request.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                attrs[name] = v
+                attrs.setdefault(name, v)
         if call.stream:
             attrs["gen_ai.request.stream"] = True
         r = call.response
@@ -630,8 +634,8 @@ class TraceBuilder:
 
         opened = self._open_tools.setdefault(call.pid, [])
         for i, tc in enumerate(r.tool_calls):
-            tool = _Tool((call.pid, call.started_ns, i), tr, self._id(64), chat.span_id, call.pid, tc.name or "unknown", tc.id, tc.arguments,
-                         max(call.ended_ns, call.started_ns))
+            tool = _Tool((call.pid, call.started_ns, i), tr, self._id(64), chat.span_id, call.pid, tc.name or "unknown",
+                         tc.id, tc.arguments, max(call.ended_ns, call.started_ns))
             self._tools[tool.key] = tool
             opened.append(tool)
         if not opened:
