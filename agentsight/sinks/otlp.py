@@ -27,6 +27,7 @@ import collections
 import logging
 import os
 import platform
+import socket
 import sys
 import threading
 import time
@@ -138,6 +139,7 @@ class _ExportErrors(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.last: str | None = None
+        self.specific = False  # `last` names a cause, not just that a batch failed
         self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -156,7 +158,7 @@ class _ExportErrors(logging.Handler):
         elif isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[1], int):
             cause = f"HTTP {record.args[1]}"  # "Failed to export %s batch code: %s, reason: %s"
         if cause is not None:
-            self.last = cause
+            self.last, self.specific = cause, True
         elif self.last is None and message:
             self.last = message.splitlines()[0][:160]
 
@@ -419,13 +421,32 @@ class OtlpSink(Sink):
             lost.append(f"{w.metrics_failed} metric points not taken by the backend")
         if lost:
             line += "; dropped: " + ", ".join(lost)
-            if self._errors.last:
-                line += f" ({self._errors.last})"
+            cause = self._errors.last if self._errors.specific else _diagnose(where) or self._errors.last
+            if cause:
+                line += f" ({cause})"
         stats = {k: v for k, v in self.builder.stats.items() if v}
         if stats:
             line += "; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats.items())
         return line
 
+
+
+def _diagnose(url: str) -> str | None:
+    """Why a backend took nothing, when its exporter did not say: whether
+    anything listens at its address at all."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=2):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.timeout:
+        return "connecting timed out"
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def export_session(path: str, options: OtlpOptions) -> int:
