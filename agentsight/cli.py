@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record an agent and every process it starts: its LLM calls, the commands it runs, the "
         "files it changes and the connections it opens, into one SQLite file. `record -- CMD` runs CMD as "
         "the user who invoked sudo and exits with CMD's status.",
-        usage="%(prog)s [-o SESSION.db] (-- CMD [ARGS...] | --pid PID | --comm NAME)")
+        usage="%(prog)s [-o SESSION.db] [--otlp [URL]] (-- CMD [ARGS...] | --pid PID | --comm NAME)")
     record.add_argument("-o", "--output", metavar="SESSION.db",
                         help="session file to create (default: agentsight-DATE-TIME.db here)")
     record.add_argument("--overwrite", action="store_true", help="replace the session file if it exists")
