@@ -276,11 +276,13 @@ def cmd_probes(args) -> int:
             "pids": sorted(f.pids),
             "analysis_seconds": round(f.library.analysis_seconds, 3),
             "from_cache": f.library.from_cache,
+            "identified_by": f.library.evidence,
         }
         for f in files
     ]
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps({"files": found, "notes": discovery.notes}, option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(orjson.dumps({"files": found, "notes": discovery.notes,
+                                              "failures": discovery.failures}, option=orjson.OPT_INDENT_2))
         sys.stdout.write("\n")
     else:
         for f in found:
@@ -290,6 +292,8 @@ def cmd_probes(args) -> int:
                   + (f"\n  used by pids: {pids}" if pids else ""))
             for name, offset in f["functions"].items():
                 print(f"    {name:<20} offset {offset:#x}")
+                if name in f["identified_by"]:
+                    print(f"      identified: {f['identified_by'][name]}")
         if not found:
             print("no TLS library found")
     for note in discovery.notes:

@@ -1,231 +1,319 @@
-"""Locating SSL_write, SSL_read and SSL_do_handshake in a stripped binary
-with BoringSSL linked in (Bun, `bun build --compile` executables).
+"""Locating SSL_write, SSL_read and SSL_do_handshake in a stripped executable
+with BoringSSL linked in (Bun, `bun build --compile` programs, Chromium).
 
-BoringSSL reports errors with ERR_put_error(lib, 0, reason, file, line),
-passing the address of its source file name. The functions of ssl_lib.cc
-are told apart by the set of reason codes they report (ERR_LIB_SSL = 16):
+BoringSSL reports errors with ERR_put_error(lib, unused, reason, file,
+line), passing the address of its source file's name; the reason codes
+are fixed constants of its API. What differs between builds is everything
+a compiler decides: which register carries which argument (link-time
+optimisation drops the unused one), what is inlined where, how error paths
+are shared. So nothing here reads one compiler's instruction sequence:
 
-    SSL_write           {66, 111, 215, 226}
-    internal read       {215, 226}
-    SSL_read            {66}, and it calls the internal read routine
-    SSL_do_handshake    {134}
-
-So: find the file-name string, every instruction that loads its address,
-the function around each (functions are 16-byte aligned and separated by
-int3 padding), and the reason code each error call passes in edx.
+1. The error reporter is the function most calls reach with the address of
+   the "ssl/ssl_lib.cc" name in an argument register; which register that
+   is says which argument is the file, hence which is the reason (the one
+   before) and the line (the one after).
+2. Functions are found around the code that names the file: a function
+   starts where direct calls lead; its body is what its control flow
+   reaches from there.
+3. Each function is followed with the values its registers may hold, which
+   gives the reason codes of its error calls, the functions it calls and
+   the arguments it reads.
+4. The three functions are recognised by what they report and how they
+   relate, each checked by a second signal before it is hooked:
+   SSL_do_handshake reports SSL_R_CONNECTION_TYPE_NOT_SET and is what the
+   writers and readers call before reporting SSL_R_SSL_HANDSHAKE_FAILURE;
+   SSL_write reports SSL_R_UNINITIALIZED, the handshake failure and
+   SSL_R_BAD_LENGTH, and calls SSL_do_handshake; the internal read routine
+   reports the first two; SSL_read reports
+   ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED and calls (or contains) it, and,
+   unlike SSL_peek, consumes what it returned.
 """
 from __future__ import annotations
 
-import mmap
-import re
-import struct
+import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 
-import capstone
-from elftools.elf.elffile import ELFFile
+from . import x86
 
-SSL_LIB_SUFFIX = b"/ssl/ssl_lib.cc\0"
-WRITE_REASONS = frozenset({66, 111, 215, 226})
-READ_IMPL_REASONS = frozenset({215, 226})
-READ_REASONS = frozenset({66})
-HANDSHAKE_REASONS = frozenset({134})
-MAX_FUNCTION = 16384
-# x86-64 `lea r64, [rip + disp32]`: REX.W(+R) 8d modrm(mod=00, rm=101).
-_LEA_RIP = re.compile(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]", re.S)
+FILE_NAME = b"ssl/ssl_lib.cc\0"
+
+# Reason codes, from BoringSSL's public headers (stable across versions).
+SHOULD_NOT_HAVE_BEEN_CALLED = 66  # ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED
+BAD_LENGTH = 111                  # SSL_R_BAD_LENGTH
+CONNECTION_TYPE_NOT_SET = 134     # SSL_R_CONNECTION_TYPE_NOT_SET
+HANDSHAKE_FAILURE = 215           # SSL_R_SSL_HANDSHAKE_FAILURE
+UNINITIALIZED = 226               # SSL_R_UNINITIALIZED
+ERR_LIB_SSL = 16
+
+# push rbp; mov rbp, rsp / endbr64: how functions begin in frame-pointer and CET builds.
+_PROLOGUES = (b"\x55\x48\x89\xe5", b"\xf3\x0f\x1e\xfa")
+# How far before code naming the file its function may start.
+FUNCTION_SPAN = 1 << 13
 
 
 class NotBoringSSL(Exception):
-    """The binary does not contain BoringSSL's ssl_lib.cc (a normal outcome)."""
+    """The file does not contain BoringSSL's ssl_lib.cc (a normal outcome)."""
 
 
 class AnalysisError(Exception):
-    """BoringSSL is there but its functions could not be told apart."""
+    """BoringSSL is there but its functions could not be told apart safely.
+
+    str() is the reason, short; `detail` lists what was found, for a report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.detail = detail
 
 
 @dataclass
-class Function:
-    start: int  # virtual address
+class Located:
+    functions: dict[str, int]  # name -> file offset
+    evidence: dict[str, str]   # name -> how it was identified
+
+
+@dataclass
+class Facts:
+    """What one function of ssl_lib.cc does, as far as locating needs."""
+    fn: x86.Function
     reasons: set[int] = field(default_factory=set)
-    calls: set[int] = field(default_factory=set)
+    lines: set[int] = field(default_factory=set)
+    unknown_reasons: int = 0
+    callers: int = 0
+
+    @property
+    def entry(self) -> int:
+        return self.fn.entry
 
 
-@dataclass
-class _Image:
-    data: mmap.mmap
-    loads: list[tuple[int, int, int]]  # (vaddr, offset, filesz)
-    text_va: int
-    text_off: int
-    text_size: int
-
-    def va_to_off(self, va: int) -> int | None:
-        for vaddr, offset, size in self.loads:
-            if vaddr <= va < vaddr + size:
-                return va - vaddr + offset
-        return None
-
-    def off_to_va(self, off: int) -> int | None:
-        for vaddr, offset, size in self.loads:
-            if offset <= off < offset + size:
-                return off - offset + vaddr
-        return None
-
-
-def locate(path: str) -> dict[str, int]:
+def locate(path: str) -> Located:
     """File offsets of SSL_write, SSL_read and SSL_do_handshake in `path`."""
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        text = elf.get_section_by_name(".text")
-        if text is None:
-            raise NotBoringSSL("no .text section")
-        loads = [(s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        try:
-            image = _Image(data, loads, text["sh_addr"], text["sh_offset"], text["sh_size"])
-            functions = _error_reporting_functions(image)
-            found = _recognise(functions)
-            return {name: image.va_to_off(va) for name, va in found.items()}
-        finally:
-            data.close()
-
-
-def _string_address(image: _Image) -> int:
-    end = image.data.find(SSL_LIB_SUFFIX)
-    if end < 0:
-        raise NotBoringSSL("no ssl_lib.cc file name inside")
-    start = image.data.rfind(b"\0", 0, end) + 1
-    va = image.off_to_va(start)
-    if va is None:
-        raise NotBoringSSL("ssl_lib.cc name outside any loaded segment")
-    return va
-
-
-def _reference_sites(image: _Image, target: int) -> list[int]:
-    """Addresses of instructions that load `target` into a register."""
-    sites = []
-    lo, hi = image.text_off, image.text_off + image.text_size
-    delta = image.text_va - image.text_off
-    if target < 1 << 31:
-        # Non-PIE: `mov r32, imm32` with the address as its immediate.
-        pattern = struct.pack("<I", target)
-        i = image.data.find(pattern, lo, hi)
-        while i != -1:
-            op = image.data[i - 1]
-            if 0xB8 <= op <= 0xBF:
-                sites.append(i - 1 + delta)
-            elif 0xB8 <= image.data[i - 1] <= 0xBF or (image.data[i - 2] == 0x41 and 0xB8 <= op <= 0xBF):
-                sites.append(i - 2 + delta)
-            i = image.data.find(pattern, i + 1, hi)
-    # PIE (and some non-PIE code): rip-relative lea.
-    for m in _LEA_RIP.finditer(image.data, lo, hi):
-        p = m.start()
-        (disp,) = struct.unpack_from("<i", image.data, p + 3)
-        if p + delta + 7 + disp == target:
-            sites.append(p + delta)
-    return sorted(sites)
-
-
-def _function_start(image: _Image, va: int) -> int | None:
-    off = image.va_to_off(va)
-    if off is None:
-        return None
-    p = off - (off - image.text_off) % 16
-    floor = max(image.text_off, off - MAX_FUNCTION)
-    while p > floor:
-        if image.data[p - 1] == 0xCC:
-            return p - image.text_off + image.text_va
-        p -= 16
-    return None
-
-
-def _error_reporting_functions(image: _Image) -> list[Function]:
-    target = _string_address(image)
-    sites = _reference_sites(image, target)
-    if not sites:
-        raise AnalysisError("the ssl_lib.cc name is never referenced from code")
-    starts = sorted({s for s in (_function_start(image, site) for site in sites) if s is not None})
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    return [_scan_function(image, md, start, target) for start in starts]
-
-
-def _imm(op_str: str) -> int | None:
     try:
-        return int(op_str.rsplit(", ", 1)[1], 0)
-    except (IndexError, ValueError):
-        return None
+        image = x86.Image(path)
+    except x86.CodeError as exc:
+        raise NotBoringSSL(str(exc)) from None
+    with image:
+        return _Locator(image).run()
 
 
-def _scan_function(image: _Image, md, start: int, file_name: int) -> Function:
-    """Reason codes of the error calls in the function at `start`.
+class _Locator:
+    def __init__(self, image: x86.Image):
+        self.image = image
 
-    An error call's reason is the value `mov edx, imm` left in edx on the
-    way to its call. The block doing `mov ecx, file; call` is often shared
-    and reached by jumps (backwards too), so a first pass records the edx
-    values each jump carries, and a second follows the code with them.
-    """
-    off = image.va_to_off(start)
-    code = image.data[off:off + MAX_FUNCTION]
-    insns = []
-    for ins in md.disasm(code, start):
-        if ins.mnemonic == "int3":
-            break
-        insns.append(ins)
+    def run(self) -> Located:
+        names = [a for a in self.image.strings_ending(FILE_NAME) if self._is_file_name(a)]
+        if not names:
+            raise NotBoringSSL("no ssl_lib.cc file name inside")
+        self.names = set(names)
+        sites = sorted({s for a in names for s in x86.references(self.image, a)})
+        if not sites:
+            raise AnalysisError("its ssl_lib.cc file name is never loaded by code")
+        self.reporter, self.file_arg = self._error_reporter(sites)
+        self.functions = self._functions_around(sites)
+        return self._recognise()
 
-    def walk(carried: dict[int, set[int]], fn: Function | None) -> dict[int, set[int]]:
-        jumps: dict[int, set[int]] = {}
-        edx: set[int] = set()
-        loads_file = False
-        for ins in insns:
-            edx = edx | carried.get(ins.address, set())
-            m = ins.mnemonic
-            if m == "mov" and ins.op_str.startswith("edx, "):
-                value = _imm(ins.op_str)
-                edx = {value} if value is not None else set()
-            elif (m == "mov" and _imm(ins.op_str) == file_name) or (
-                    m == "lea" and "rip" in ins.op_str
-                    and ins.address + ins.size + _rip_disp(ins.op_str) == file_name):
-                loads_file = True
-            elif m == "call":
-                target = _imm("x, " + ins.op_str)
-                if fn is not None:
-                    if target is not None:
-                        fn.calls.add(target)
-                    if loads_file:
-                        fn.reasons |= edx
-                loads_file = False
-                edx = set()
-            elif m.startswith("j"):
-                target = _imm("x, " + ins.op_str)
-                if target is not None and edx:
-                    jumps.setdefault(target, set()).update(edx)
-                if m == "jmp":
-                    edx, loads_file = set(), False
-            elif m == "ret":
-                edx, loads_file = set(), False
-        return jumps
+    def _is_file_name(self, va: int) -> bool:
+        off = self.image.offset(va)
+        text = self.image.data[off:off + 4096].split(b"\0", 1)[0]
+        return text == FILE_NAME[:-1] or text.endswith(b"/" + FILE_NAME[:-1])
 
-    fn = Function(start)
-    walk(walk({}, None), fn)
-    return fn
+    # --- step 1: the error reporter and its arguments ---
+
+    def _error_reporter(self, sites: list[int]) -> tuple[int, int]:
+        votes: Counter = Counter()
+        for site in sites:
+            fn = x86.explore(self.image, site, limit=1024, max_steps=400)
+            for call in sorted(fn.calls.values(), key=lambda c: c.site):
+                carrying = [i for i, v in enumerate(call.arguments) if self._names_file(v)]
+                if call.target is not None and len(carrying) == 1:
+                    votes[(call.target, carrying[0])] += 1
+                    break
+        if not votes:
+            raise AnalysisError("no call passes the ssl_lib.cc file name in an argument register")
+        (reporter, file_arg), n = votes.most_common(1)[0]
+        if n < 3 or n * 2 < sum(votes.values()):
+            raise AnalysisError(f"no single error-reporting function: calls passing the ssl_lib.cc name "
+                                f"go to {len(votes)} places ({n} of {sum(votes.values())} to the most common)")
+        if not 1 <= file_arg <= 4:
+            raise AnalysisError(f"the ssl_lib.cc name is argument {file_arg + 1} of the error reporter, "
+                                "which leaves no place for the reason code before it")
+        return reporter, file_arg
+
+    def _names_file(self, values) -> bool:
+        found = x86.constants(values)
+        return bool(found) and bool(found & self.names)
+
+    # --- step 2 and 3: the functions around that code ---
+
+    def _functions_around(self, sites: list[int]) -> dict[int, Facts]:
+        image = self.image
+        callers: dict[int, list[int]] = {}
+        for site, target in x86.branches_into(image, [(s - FUNCTION_SPAN, s + 1) for s in sites]):
+            callers.setdefault(target, []).append(site)
+        strong = [t for t, c in callers.items() if len(c) >= 2]
+        # Most builds start every function on 16 bytes; where that holds, a
+        # target that is not aligned is a byte pattern that only looked like a call.
+        aligned = len(strong) >= 8 and sum(1 for t in strong if t % 16 == 0) >= 0.95 * len(strong)
+        candidates = sorted(t for t in callers if t % 16 == 0 or not aligned)
+        candidate_set = set(candidates)
+        verified: dict[int, bool] = {}
+        self.callers = {t: len(c) for t, c in callers.items()}
+
+        def is_entry(va: int) -> bool:
+            """A function starts at `va`: a call leads there from an instruction
+            that decodes in step with the code around it."""
+            if va not in candidate_set:
+                return False
+            known = verified.get(va)
+            if known is None:
+                known = verified[va] = any(x86.decodes_at(image, s) for s in callers[va][:4])
+            return known
+
+        def follows_call(va: int) -> bool:
+            # A function starting right after a call: the call did not return.
+            if is_entry(va):
+                return True
+            if va not in callers:
+                return False
+            off = image.offset(va)
+            return image.data[off:off + 4] in _PROLOGUES and any(x86.decodes_at(image, s) for s in callers[va][:4])
+
+        functions: dict[int, Facts] = {}
+        explored: dict[int, x86.Function] = {}
+        for site in sites:
+            if any(site in f.fn.instructions for f in functions.values()):
+                continue
+            i = bisect.bisect_right(candidates, site) - 1
+            tried = 0
+            while i >= 0 and tried < 4 and candidates[i] >= site - FUNCTION_SPAN:
+                entry = candidates[i]
+                i -= 1
+                if not is_entry(entry):
+                    continue
+                tried += 1
+                fn = explored.get(entry)
+                if fn is None:
+                    fn = explored[entry] = x86.explore(image, entry, is_entry, follows_call)
+                if site in fn.instructions:
+                    functions[entry] = self._facts(fn)
+                    break
+        self.aligned = aligned
+        return functions
+
+    def _facts(self, fn: x86.Function) -> Facts:
+        facts = Facts(fn, callers=self.callers.get(fn.entry, 0))
+        k = self.file_arg
+        for call in fn.calls.values():
+            if call.target != self.reporter or not self._names_file(call.arguments[k]):
+                continue
+            reasons = x86.constants(call.arguments[k - 1])
+            if reasons is None:
+                facts.unknown_reasons += 1
+            else:
+                facts.reasons |= reasons
+            if k + 1 < len(call.arguments):
+                facts.lines |= x86.constants(call.arguments[k + 1]) or set()
+        return facts
+
+    # --- step 4: which is which ---
+
+    def _recognise(self) -> Located:
+        fs = sorted(self.functions.values(), key=lambda f: f.entry)
+
+        def calls(f: Facts, g: Facts) -> bool:
+            return g.entry in f.fn.direct_callees()
+
+        write = self._only([f for f in fs if {UNINITIALIZED, HANDSHAKE_FAILURE, BAD_LENGTH} <= f.reasons],
+                           "SSL_write", "reports SSL_R_UNINITIALIZED, SSL_R_SSL_HANDSHAKE_FAILURE and SSL_R_BAD_LENGTH")
+        handshakes = [f for f in fs if CONNECTION_TYPE_NOT_SET in f.reasons and f is not write]
+        called = [f for f in handshakes if calls(write, f)]
+        handshake = self._only(called or handshakes, "SSL_do_handshake", "reports SSL_R_CONNECTION_TYPE_NOT_SET"
+                               + (" and is called by SSL_write" if called else ""))
+        # The routine SSL_read and SSL_peek share; it may be inlined into them.
+        read_internals = [f for f in fs if {UNINITIALIZED, HANDSHAKE_FAILURE} <= f.reasons
+                          and BAD_LENGTH not in f.reasons and f is not write
+                          and (calls(f, handshake) or CONNECTION_TYPE_NOT_SET in f.reasons)]
+        reads = []
+        for f in fs:
+            if SHOULD_NOT_HAVE_BEEN_CALLED in f.reasons and BAD_LENGTH not in f.reasons:
+                inner = [g for g in read_internals if g is not f and calls(f, g)]
+                if inner or f in read_internals:
+                    reads.append((f, inner[0] if inner else f))
+        # SSL_peek returns what SSL_read returns, but only SSL_read then
+        # takes it off the session's pending data: it writes to memory.
+        consuming = [r for r in reads if r[0].fn.stores]
+        read, read_internal = self._only(consuming or reads, "SSL_read", "reports "
+                                         "ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED and reads through the internal read "
+                                         "routine" + (" and consumes what it read" if consuming else ""),
+                                         key=lambda r: r[0])
+        found = {"SSL_write": write, "SSL_read": read, "SSL_do_handshake": handshake}
+        if len({f.entry for f in found.values()}) != 3:
+            raise AnalysisError("SSL_write, SSL_read and SSL_do_handshake came out at the same code",
+                                self._inventory())
+        if read_internal is not read and not calls(read_internal, handshake):
+            raise AnalysisError(f"the internal read routine at {self._at(read_internal.entry)} does not call the "
+                                f"SSL_do_handshake found at {self._at(handshake.entry)}", self._inventory())
+        args = {"SSL_write": ("ssl", "buffer", "length"), "SSL_read": ("ssl", "buffer", "length"),
+                "SSL_do_handshake": ("ssl",)}
+        for name, f in found.items():
+            self._verify(name, f, args[name])
+        handshake_callers = " and ".join(
+            what for what, f in (("SSL_write", write), ("the internal read routine", read_internal))
+            if calls(f, handshake))
+        relations = {
+            "SSL_write": f"calls SSL_do_handshake at {self._at(handshake.entry)}" if calls(write, handshake)
+            else "contains SSL_do_handshake",
+            "SSL_read": (f"calls the internal read routine at {self._at(read_internal.entry)} (reports "
+                         f"{_codes(read_internal.reasons)})" if read_internal is not read
+                         else "contains the internal read routine")
+            + ("; writes the session's pending data, which SSL_peek does not" if consuming else ""),
+            "SSL_do_handshake": f"called by {handshake_callers}" if handshake_callers else "",
+        }
+        evidence = {name: self._describe(f, relations[name], args[name]) for name, f in found.items()}
+        return Located({name: self.image.offset(f.entry) for name, f in found.items()}, evidence)
+
+    def _at(self, va: int) -> str:
+        off = self.image.offset(va)
+        return f"offset {off:#x}" if off is not None else f"address {va:#x}"
+
+    def _only(self, candidates, name: str, rule: str, key=lambda f: f):
+        if len(candidates) == 1:
+            return candidates[0]
+        what = "no function" if not candidates else f"{len(candidates)} functions (at " + ", ".join(
+            self._at(key(c).entry) for c in candidates) + ")"
+        raise AnalysisError(f"{what} fit {name}, which {rule}", self._inventory())
+
+    def _inventory(self) -> str:
+        return (f"error reporter at {self._at(self.reporter)}, file name in argument {self.file_arg + 1}; "
+                "functions naming ssl_lib.cc, with the reason codes they report: "
+                + "; ".join(f"{self._at(f.entry)} {_codes(f.reasons)}"
+                            for f in sorted(self.functions.values(), key=lambda f: f.entry)))
+
+    def _verify(self, name: str, f: Facts, arguments: tuple[str, ...]) -> None:
+        """Checks what hooking needs: a real function entry that returns,
+        taking its arguments where the probes read them."""
+        fn = f.fn
+        where = f"the {name} found at {self._at(fn.entry)}"
+        if not fn.complete:
+            raise AnalysisError(f"{where} could not be disassembled along every path", self._inventory())
+        if not fn.returns:
+            raise AnalysisError(f"{where} never returns", self._inventory())
+        missing = [a for r, a in zip(x86.ARGUMENT_REGISTERS, arguments) if r not in fn.inputs_used]
+        if missing:
+            raise AnalysisError(f"{where} does not read its {' and '.join(missing)} argument"
+                                f"{'s' if len(missing) > 1 else ''} where the probes take "
+                                f"{'them' if len(missing) > 1 else 'it'}", self._inventory())
+        if not f.callers:
+            raise AnalysisError(f"{where} is never called directly", self._inventory())
+        if self.image.offset(fn.entry) is None:
+            raise AnalysisError(f"{where} lies outside the file", self._inventory())
+
+    def _describe(self, f: Facts, relation: str, arguments: tuple[str, ...]) -> str:
+        parts = [f"reports {_codes(f.reasons)} from ssl_lib.cc", relation,
+                 f"reads its {', '.join(arguments)} argument{'s' if len(arguments) > 1 else ''}",
+                 f"{f.callers} direct caller{'s' if f.callers != 1 else ''}"]
+        return "; ".join(p for p in parts if p)
 
 
-def _rip_disp(op_str: str) -> int:
-    m = re.search(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]", op_str)
-    if not m:
-        return 1 << 62
-    value = int(m.group(2), 0)
-    return value if m.group(1) == "+" else -value
-
-
-def _recognise(functions: list[Function]) -> dict[str, int]:
-    def only(predicate, what: str) -> Function:
-        matches = [f for f in functions if predicate(f)]
-        if len(matches) != 1:
-            seen = ", ".join(f"{f.start:#x}:{sorted(f.reasons)}" for f in functions)
-            raise AnalysisError(f"expected one {what}, found {len(matches)} (functions and reasons: {seen})")
-        return matches[0]
-
-    write = only(lambda f: f.reasons == WRITE_REASONS, "SSL_write")
-    read_impl = only(lambda f: f.reasons == READ_IMPL_REASONS, "internal read routine")
-    read = only(lambda f: f.reasons == READ_REASONS and read_impl.start in f.calls, "SSL_read")
-    handshake = only(lambda f: f.reasons == HANDSHAKE_REASONS, "SSL_do_handshake")
-    return {"SSL_write": write.start, "SSL_read": read.start, "SSL_do_handshake": handshake.start}
+def _codes(reasons: set[int]) -> str:
+    return "{" + ", ".join(str(r) for r in sorted(reasons)) + "}"

@@ -53,6 +53,8 @@ class Discovery:
         self.analyzer = analyzer or LibraryAnalyzer()
         self.files: dict[tuple[int, int], TlsFile] = {}
         self.notes: list[str] = []
+        # Files with TLS code that could not be located: path, reason, detail.
+        self.failures: list[dict] = []
         self._not_tls: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self._own_mount_ns = _mount_ns("self")
@@ -88,7 +90,7 @@ class Discovery:
             try:
                 library = self.analyzer.analyze(held, shown_path, quick)
             except AnalysisFailed as exc:
-                self.notes.append(f"{shown_path}: {exc}")
+                self._failed(shown_path, exc)
                 library = None
             except OSError as exc:
                 self.notes.append(f"{shown_path}: cannot read it ({exc.strerror})")
@@ -106,6 +108,10 @@ class Discovery:
         finally:
             if not keep:
                 os.close(fd)
+
+    def _failed(self, shown_path: str, exc: AnalysisFailed) -> None:
+        self.notes.append(f"{shown_path}: {exc}")
+        self.failures.append({"path": shown_path, "reason": str(exc), "detail": exc.detail})
 
     def close(self) -> None:
         """Lets go of the files held open for hooking."""
@@ -174,6 +180,7 @@ class Discovery:
         try:
             library = self.analyzer.analyze(path, os.path.abspath(path))
         except AnalysisFailed as exc:
+            self.failures.append({"path": path, "reason": str(exc), "detail": exc.detail})
             raise AgentsightError(f"--binary {path}: {exc}", exit_code=2) from None
         except OSError as exc:
             raise AgentsightError(f"--binary {path}: cannot read it ({exc.strerror})", exit_code=2) from None

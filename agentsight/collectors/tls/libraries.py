@@ -28,7 +28,7 @@ GNUTLS = "gnutls"
 
 OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake", "SSL_free")
 GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
-_ANALYSIS_VERSION = "2"
+_ANALYSIS_VERSION = "3"
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TlsLibrary:
     build_id: str | None = None
     analysis_seconds: float = 0.0
     from_cache: bool = False
+    evidence: dict[str, str] = field(default_factory=dict)  # function -> how it was identified
 
 
 class NeedsAnalysis(Exception):
@@ -45,13 +46,20 @@ class NeedsAnalysis(Exception):
 
 
 class AnalysisFailed(Exception):
-    """The file holds TLS code, but its functions could not be located."""
+    """The file holds TLS code, but its functions could not be located.
+
+    str() is one sentence for the user; `detail` what a bug report needs."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.detail = detail
 
 
 @dataclass
 class _Entry:
     library: TlsLibrary | None
     error: str | None = None
+    detail: str = ""
 
 
 def default_cache_dir() -> Path:
@@ -99,7 +107,7 @@ class LibraryAnalyzer:
             with self._lock:
                 self._by_file[file_key] = entry
         if entry.error:
-            raise AnalysisFailed(entry.error)
+            raise AnalysisFailed(entry.error, entry.detail)
         return entry.library
 
     def _analyze(self, path: str, shown_path: str | None, quick: bool) -> _Entry:
@@ -125,7 +133,7 @@ class LibraryAnalyzer:
                 if library is None:
                     library = self._stripped_boringssl(f, path, bid)
         except AnalysisFailed as exc:
-            entry = _Entry(None, str(exc))
+            entry = _Entry(None, str(exc), exc.detail)
             self._remember(bid, entry, shown_path)
             return entry
         if library is not None:
@@ -144,24 +152,29 @@ class LibraryAnalyzer:
         return paths
 
     def _stripped_boringssl(self, f, path: str, bid: str | None) -> TlsLibrary | None:
-        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
-            if data.find(boringssl.SSL_LIB_SUFFIX) < 0:
-                return None
-            if bid is None:
+        if bid is None:
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+                if data.find(boringssl.FILE_NAME) < 0:
+                    return None
                 # No build id: identify the build by its content.
                 bid = "sha256:" + hashlib.sha256(data).hexdigest()
-                cached = self._cached(bid)
-                if cached is not None:
-                    if cached.error:
-                        raise AnalysisFailed(cached.error)
-                    return cached.library
+            cached = self._cached(bid)
+            if cached is not None:
+                if cached.error:
+                    raise AnalysisFailed(cached.error, cached.detail)
+                return cached.library
+        report = "please report this with the output of `agentsight probes --binary` on this file"
         try:
-            functions = boringssl.locate(path)
+            found = boringssl.locate(path)
         except boringssl.NotBoringSSL:
             return None
         except boringssl.AnalysisError as exc:
-            raise AnalysisFailed(f"BoringSSL found but not located: {exc}") from None
-        return TlsLibrary(BORINGSSL, functions, bid)
+            raise AnalysisFailed(f"BoringSSL is linked in, but {exc}, so it is not hooked ({report})",
+                                 exc.detail) from None
+        except Exception as exc:  # noqa: BLE001 - odd input must not take the capture down
+            raise AnalysisFailed(f"BoringSSL is linked in, but analysing it failed ({type(exc).__name__}: "
+                                 f"{exc}), so it is not hooked ({report})") from None
+        return TlsLibrary(BORINGSSL, found.functions, bid, evidence=found.evidence)
 
     def _cached(self, bid: str | None) -> _Entry | None:
         if bid is None:
@@ -170,7 +183,7 @@ class LibraryAnalyzer:
         if record is None:
             return None
         if record.get("error"):
-            return _Entry(None, record["error"])
+            return _Entry(None, record["error"], record.get("detail", ""))
         lib = record.get("library")
         return _Entry(TlsLibrary(**{**lib, "from_cache": True}) if lib else None)
 
@@ -180,7 +193,8 @@ class LibraryAnalyzer:
         lib = asdict(entry.library) if entry.library else None
         if lib:
             lib.pop("from_cache")
-        self._by_build[f"{_ANALYSIS_VERSION}:{bid}"] = {"library": lib, "error": entry.error, "paths": []}
+        self._by_build[f"{_ANALYSIS_VERSION}:{bid}"] = {"library": lib, "error": entry.error,
+                                                        "detail": entry.detail, "paths": []}
         self._seen_at(bid, entry, shown_path, save=True)
 
     def _seen_at(self, bid: str | None, entry: _Entry, shown_path: str | None, save: bool = False) -> None:
