@@ -55,6 +55,11 @@ def _otlp_options(args):
     return options
 
 
+_HOLD_HELP = ("hold each program started while running whose TLS code is not hooked yet (the first run of a "
+              "new build) until it is, so none of its TLS calls is missed; held programs pause for the analysis, "
+              "a few hundred ms at most, and run on if agentsight stops")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentsight",
@@ -72,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssl.add_argument("--binary", metavar="PATH", help="hook this file only, instead of discovering TLS libraries")
     ssl.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
                      help="bytes captured per call at most; the rest is reported as truncated (default: 1M)")
+    ssl.add_argument("--hold", action="store_true", help=_HOLD_HELP)
     _add_common(ssl)
 
     probes = sub.add_parser("probes", help="list the TLS libraries found and the functions hooked in each",
@@ -91,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--raw", metavar="FILE", help="also keep the raw events here, for `replay`")
     trace.add_argument("--max-capture", type=_size, default=1 << 20, metavar="SIZE",
                        help="bytes captured per TLS call at most (default: 1M)")
+    trace.add_argument("--hold", action="store_true", help=_HOLD_HELP)
     _add_common(trace)
     _add_otlp(trace)
 
@@ -115,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--pid", type=int, help="attach to this running process and its descendants")
     who.add_argument("--comm", help="attach to processes with this name, and those started later")
     record.add_argument("--no-live", action="store_true", help="no status line on the terminal")
+    record.add_argument("--no-hold", action="store_true",
+                        help="do not hold programs whose TLS code is not hooked yet; their first calls may be missed")
     record.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
                         help="ring buffer size per BPF object, a power of two (default: 32M)")
     _add_otlp(record)
@@ -235,7 +244,8 @@ def cmd_ssl(args) -> int:
     from .collectors.ssl import SslCollector
 
     filters = Filters(pid=args.pid, uid=args.uid, comm=args.comm)
-    collector = SslCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), args.max_capture, args.binary)
+    collector = SslCollector(filters, args.ring_size, _wakeup_bytes(args.ring_size), args.max_capture, args.binary,
+                             hold=args.hold)
     return run_pipeline(_capture([collector], args, analyse=False), args.duration)
 
 
@@ -312,7 +322,7 @@ def cmd_trace(args) -> int:
     process = ProcessCollector(filters, args.ring_size, wakeup, opens=not args.no_open)
     # One ring for both: each ring's pages are mapped twice into this process.
     ssl = SslCollector(filters, args.ring_size, wakeup, args.max_capture,
-                       shared_maps=lambda: {"events": process.objects[0].map_fd("events")})
+                       shared_maps=lambda: {"events": process.objects[0].map_fd("events")}, hold=args.hold)
     return run_pipeline(_capture([process, ssl], args, analyse=True), args.duration)
 
 
@@ -346,7 +356,8 @@ def cmd_record(args) -> int:
     output = args.output or time.strftime("agentsight-%Y%m%d-%H%M%S.db")
     opts = RecordOptions(output=output, command=command or None, pid=args.pid, comm=args.comm,
                          ring_size=args.ring_size, wakeup_bytes=_wakeup_bytes(args.ring_size),
-                         live=not args.no_live, overwrite=args.overwrite)
+                         live=not args.no_live, overwrite=args.overwrite,
+                         hold=not args.no_hold)
     otlp = _otlp_options(args)
     if otlp is None:
         return Recording(opts).run()

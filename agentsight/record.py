@@ -26,6 +26,7 @@ from .ui.live import LiveStatus
 # After Ctrl-C, how long the recorded command gets to finish (it saw the
 # Ctrl-C too) before the recording stops without it.
 INTERRUPT_GRACE_SECONDS = 2.0
+_WNOTHREAD = 0x20000000
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RecordOptions:
     wakeup_bytes: int = 256 << 10
     live: bool = True
     overwrite: bool = False
+    hold: bool = True  # hold programs whose TLS code is not hooked yet (see collectors/hold.py)
 
 
 def invoking_user_kwargs() -> dict:
@@ -93,8 +95,10 @@ class HeldChild:
     def poll(self) -> int | None:
         """Like Popen.poll: the exit code, -signal, or None while running."""
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
+            # Only this thread's own children: while another thread holds the
+            # command with ptrace, its stops are that thread's to see.
+            pid, status = os.waitpid(self.pid, os.WNOHANG | _WNOTHREAD)
+            if pid and not os.WIFSTOPPED(status):
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
@@ -153,9 +157,9 @@ class Recording:
         opts = self.opts
         filters = Filters(follow=True, comm=opts.comm)
         process = ProcessCollector(filters, opts.ring_size, opts.wakeup_bytes)
-        ssl = SslCollector(filters, opts.ring_size, opts.wakeup_bytes,
-                           shared_maps=lambda: {"traced": process.traced_map_fd(),
-                                                "events": process.objects[0].map_fd("events")})
+        ssl = self.ssl = SslCollector(filters, opts.ring_size, opts.wakeup_bytes, hold=opts.hold,
+                                      shared_maps=lambda: {"traced": process.traced_map_fd(),
+                                                           "events": process.objects[0].map_fd("events")})
         self.process = process
         self.correlator = Correlator(roots=set())
         self.capture = LiveCapture([process, ssl])
@@ -196,6 +200,13 @@ class Recording:
             self.child = HeldChild(self.opts.command, self._user_kwargs)
             self.root_pids = {self.child.pid}
             self.process.trace_pids(self.root_pids)
+            if self.opts.hold:
+                # The command's own program is analysed and hooked before it
+                # starts; the programs it starts are held (collectors/hold.py).
+                env = self._user_kwargs.get("env") or os.environ
+                path = shutil.which(self.opts.command[0], path=env.get("PATH"))
+                if path:
+                    self.ssl.prepare(path)
             self.child.release()
         else:
             roots = {self.opts.pid} if self.opts.pid else pids_named(self.opts.comm or "")

@@ -81,6 +81,9 @@ class LiveCapture:
                 delays = sorted(collector.hook_delays_ms)  # type: ignore[attr-defined]
                 out.append(f"{collector.name}: hooked {collector.hooked_later} more files while running "  # type: ignore[attr-defined]
                            f"({delays[len(delays) // 2]:.1f} ms median from exec or open to hooked)")
+            held = getattr(collector, "hold_summary", lambda: None)()
+            if held:
+                out.append(f"{collector.name}: {held}")
         return out
 
     def close(self) -> None:

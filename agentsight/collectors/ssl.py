@@ -16,6 +16,7 @@ from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
 from .records import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
+from .hold import Holder
 from .tls.discovery import Discovery, TlsFile
 from .tls.libraries import NeedsAnalysis
 
@@ -28,6 +29,8 @@ NOTICE_PROGRAMS = ("notice_exec",)
 NOTICE_OPEN_PROGRAMS = ("notice_openat_enter", "notice_openat_exit")
 
 DEFAULT_MAX_CAPTURE = 1 << 20
+# How often the notice thread looks at what held programs report.
+HOLD_POLL_MS = 2
 
 
 def uprobe_attach_mode() -> str:
@@ -75,7 +78,7 @@ class SslCollector(Collector):
     def __init__(self, filters: Filters, ring_size: int, wakeup_bytes: int,
                  max_capture: int = DEFAULT_MAX_CAPTURE, binary: str | None = None,
                  discovery: Discovery | None = None, report: Callable[[str], None] = _stderr_note,
-                 shared_maps: Callable[[], dict[str, int]] | None = None):
+                 shared_maps: Callable[[], dict[str, int]] | None = None, hold: bool = False):
         super().__init__()
         if not 0 < max_capture <= 1 << 28:
             raise AgentsightError(f"--max-capture must be between 1 and {1 << 28} bytes", exit_code=2)
@@ -99,6 +102,14 @@ class SslCollector(Collector):
         self.bad_notices = 0
         self._attach_lock = threading.Lock()
         self._reported_notes = 0
+        # Programs started while running whose TLS code is not hooked yet are
+        # held (see hold.py) until it is: nothing of theirs runs unhooked.
+        self.hold = hold
+        self.holder: Holder | None = None
+        self._released: queue.SimpleQueue = queue.SimpleQueue()  # pids whose analysis is done
+        self._analysing: dict[int, int] = {}  # held pid -> notices still being analysed
+        self.held: list[tuple[float, float]] = []  # per held program: ms from exec to seized, to let go
+        self._seized: dict[int, tuple[int, int]] = {}  # held pid -> (exec, seized) CLOCK_MONOTONIC ns
 
     @property
     def notes(self) -> list[str]:
@@ -141,6 +152,16 @@ class SslCollector(Collector):
                                                daemon=True)
         self._notice_reader.start()
 
+    def prepare(self, path: str) -> None:
+        """Analyses and hooks the program at `path` now, before it is started."""
+        try:
+            found = self.discovery.add(os.path.realpath(path), path)
+        except OSError:
+            found = None
+        if found is not None:
+            self._hook(found)
+        self._flush_notes()
+
     def _hook(self, f: TlsFile) -> None:
         with self._attach_lock:
             attach_tls_file(self.objects[0], f, self.attach_mode, self.filters.pid)
@@ -149,20 +170,72 @@ class SslCollector(Collector):
     def _read_notices(self) -> None:
         """Its own thread: what is known already is hooked right away, the race
         with the program's first TLS call being short; files that need
-        analysing go to the worker, so notices never wait for an analysis."""
+        analysing go to the worker, so notices never wait for an analysis.
+        With `hold`, this thread also holds programs until they are hooked."""
         decode = FAST[EVENT_TLS_NOTICE].decode
-        while not self._stopping.is_set():
-            for record in self._notice_ring.poll(100):
-                try:
-                    ts_ns, pid, _, _, _, _, what, _, path = decode(record)
-                    item = (ts_ns, pid, what, path.decode("utf-8", "replace"))
-                except Exception:  # noqa: BLE001 - a bad record is only a missed notice
-                    self.bad_notices += 1
-                    continue
-                try:
-                    self._discover(*item, quick=True)
-                except NeedsAnalysis:
-                    self._notices.put(item)
+        holder = self.holder = Holder() if self.hold else None
+        try:
+            while not self._stopping.is_set():
+                busy = holder is not None and holder.active
+                for record in self._notice_ring.poll(HOLD_POLL_MS if busy else 100):
+                    try:
+                        ts_ns, pid, _, _, _, _, what, _, path = decode(record)
+                        item = (ts_ns, pid, what, path.decode("utf-8", "replace"))
+                    except Exception:  # noqa: BLE001 - a bad record is only a missed notice
+                        self.bad_notices += 1
+                        continue
+                    self._notice(holder, item)
+                if holder is not None:
+                    self._let_go(holder)
+        finally:
+            if holder is not None:
+                holder.release_all()
+
+    def _notice(self, holder: Holder | None, item: tuple) -> None:
+        ts_ns, pid, what, _ = item
+        seized_at = None
+        if holder is not None and what == NOTICE_EXEC and not self.discovery.knows_exec(pid):
+            if holder.hold(pid):
+                seized_at = time.monotonic_ns()
+        try:
+            self._discover(*item, quick=True)
+        except NeedsAnalysis:
+            if holder is not None and seized_at is None and not holder.holding(pid) and holder.hold(pid):
+                seized_at = time.monotonic_ns()
+            if holder is not None and holder.holding(pid):
+                self._analysing[pid] = self._analysing.get(pid, 0) + 1
+            self._notices.put(item)
+        if seized_at is not None:
+            self._seized[pid] = (ts_ns, seized_at)
+        if holder is not None and holder.holding(pid) and not self._analysing.get(pid):
+            self._release(holder, pid)
+
+    def _let_go(self, holder: Holder) -> None:
+        while True:
+            try:
+                pid = self._released.get_nowait()
+            except queue.Empty:
+                break
+            if pid not in self._analysing:
+                continue  # not held
+            left = self._analysing[pid] - 1
+            if left > 0:
+                self._analysing[pid] = left
+                continue
+            self._analysing.pop(pid, None)
+            self._release(holder, pid)
+        holder.poll()
+        for failure in holder.failures:
+            self.report(f"{failure}: its first TLS calls may be missed")
+        holder.failures.clear()
+
+    def _release(self, holder: Holder, pid: int) -> None:
+        if holder.release(pid) is None:
+            return
+        exec_ns, seized_ns = self._seized.pop(pid, (None, None))
+        if exec_ns is not None:
+            now = time.monotonic_ns()
+            self.held.append(((seized_ns - exec_ns) / 1e6, (now - exec_ns) / 1e6))
 
     def _work(self) -> None:
         while True:
@@ -171,6 +244,8 @@ class SslCollector(Collector):
                 return
             self._discover(*item, quick=False)
             self._flush_notes()
+            if self.hold:
+                self._released.put(item[1])
 
     def _discover(self, ts_ns: int, pid: int, what: int, path: str, quick: bool) -> None:
         try:
@@ -197,6 +272,17 @@ class SslCollector(Collector):
         while self._reported_notes < len(notes):
             self.report(notes[self._reported_notes])
             self._reported_notes += 1
+
+    def hold_summary(self) -> str | None:
+        """One line on the programs held until hooked, for the final summary."""
+        if not self.held:
+            return None
+        seized = sorted(h[0] for h in self.held)
+        let_go = sorted(h[1] for h in self.held)
+        return (f"held {len(self.held)} new program{'s' if len(self.held) != 1 else ''} until its TLS code "
+                f"was hooked: seized {seized[len(seized) // 2]:.1f} ms after exec (median; at most "
+                f"{seized[-1]:.1f}), running again {let_go[len(let_go) // 2]:.0f} ms after exec (median; at most "
+                f"{let_go[-1]:.0f})")
 
     def describe(self) -> str:
         files = ", ".join(f"{f.shown_path} ({f.kind})" for f in self.hooked)

@@ -29,6 +29,10 @@ GNUTLS = "gnutls"
 OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake", "SSL_free")
 GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
 _ANALYSIS_VERSION = "3"
+# Files found to hold no TLS code, by device, inode, size and mtime: a
+# program seen before is known without opening it (see `knows_no_tls`).
+_KNOWN_FILES = "files-without-tls.json"
+_MAX_KNOWN_FILES = 8192
 
 
 @dataclass
@@ -79,14 +83,22 @@ class LibraryAnalyzer:
         self._lock = threading.Lock()
         self._by_file: dict[tuple, _Entry] = {}
         self._by_build: dict[str, dict] = {}
+        self._without_tls: dict[str, float] = {}  # file id -> when last seen
+        self._without_tls_added = False
         self.cache_error: str | None = None
         if self.cache_dir is not None:
-            try:
-                self._by_build = orjson.loads((self.cache_dir / "tls-libraries.json").read_bytes())
-            except FileNotFoundError:
-                pass
-            except (OSError, orjson.JSONDecodeError) as exc:
-                self.cache_error = f"ignoring unreadable cache {self.cache_dir}: {exc}"
+            self._by_build = self._read("tls-libraries.json")
+            self._without_tls = self._read(_KNOWN_FILES)
+
+    def _read(self, name: str) -> dict:
+        try:
+            content = orjson.loads((self.cache_dir / name).read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            self.cache_error = f"ignoring unreadable cache {self.cache_dir / name}: {exc}"
+            return {}
+        return content if isinstance(content, dict) else {}
 
     def analyze(self, path: str, shown_path: str | None = None, quick: bool = False) -> TlsLibrary | None:
         """The TLS library in `path`, or None if it holds none.
@@ -102,10 +114,15 @@ class LibraryAnalyzer:
         # wait behind a slow analysis of another; analysing twice is harmless.
         with self._lock:
             entry = self._by_file.get(file_key)
+        if entry is None and _file_id(st) in self._without_tls:
+            entry = _Entry(None)
         if entry is None:
             entry = self._analyze(path, shown_path, quick)
             with self._lock:
                 self._by_file[file_key] = entry
+                if entry.library is None and not entry.error:
+                    self._without_tls[_file_id(st)] = time.time()
+                    self._without_tls_added = True
         if entry.error:
             raise AnalysisFailed(entry.error, entry.detail)
         return entry.library
@@ -142,6 +159,25 @@ class LibraryAnalyzer:
         # A binary without a build id is known by its content hash instead.
         self._remember(library.build_id if library else bid, entry, shown_path)
         return entry
+
+    def knows_no_tls(self, st: os.stat_result) -> bool:
+        """Whether the file with this stat was found, now or on an earlier
+        run, to hold no TLS code."""
+        with self._lock:
+            entry = self._by_file.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        if entry is not None:
+            return entry.library is None and not entry.error
+        return _file_id(st) in self._without_tls
+
+    def flush(self) -> None:
+        """Writes down the files found to hold no TLS code since the last flush."""
+        if not self._without_tls_added or self.cache_dir is None:
+            return
+        self._without_tls_added = False
+        with self._lock:
+            newest = sorted(self._without_tls.items(), key=lambda kv: kv[1])[-_MAX_KNOWN_FILES:]
+            self._without_tls = dict(newest)
+        self._write(_KNOWN_FILES, self._without_tls)
 
     def known_paths(self) -> list[str]:
         """Where TLS executables analysed on earlier runs were seen."""
@@ -215,14 +251,21 @@ class LibraryAnalyzer:
             self._save()
 
     def _save(self) -> None:
+        self._write("tls-libraries.json", self._by_build)
+
+    def _write(self, name: str, content: dict) -> None:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tls-libraries.")
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{name}.")
             with os.fdopen(fd, "wb") as out:
-                out.write(orjson.dumps(self._by_build))
-            os.replace(tmp, self.cache_dir / "tls-libraries.json")
+                out.write(orjson.dumps(content))
+            os.replace(tmp, self.cache_dir / name)
         except OSError as exc:
             self.cache_error = f"cannot write the analysis cache in {self.cache_dir}: {exc.strerror}"
+
+
+def _file_id(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _is_shared_library(elf) -> bool:
