@@ -88,12 +88,25 @@ def locate(binary: Path) -> dict:
         found = boringssl.locate(str(binary))
     except (boringssl.NotBoringSSL, boringssl.AnalysisError) as exc:
         return {"ok": False, "seconds": time.monotonic() - started, "error": str(exc)}
-    return {"ok": True, "seconds": time.monotonic() - started, "functions": found.functions}
+    return {"ok": True, "seconds": time.monotonic() - started, "functions": found.functions, "lines": found.lines}
 
 
 def runs_here(variant: str) -> bool:
     # musl builds need musl's libstdc++ and libgcc_s, which a glibc system lacks.
     return "musl" not in variant
+
+
+def same_source(row: dict, rows: dict) -> str:
+    """For a build that cannot run here: whether each function was found at
+    the same ssl_lib.cc lines as in the glibc build of the same release,
+    whose functions a fetch can check. Lines come from the source, not the
+    compiler, so they match when the same functions were found."""
+    twin = rows.get((row["variant"].replace("-musl", ""), row["version"]))
+    if twin is None or not twin["ok"]:
+        return "no glibc twin"
+    if twin["lines"] != row["lines"]:
+        return f"LINES DIFFER from {twin['variant']} {twin['version']}"
+    return f"same lines as {twin['variant']} (fetch {twin['fetch']})"
 
 
 def fetch_captured(binary: Path, server, workdir: Path) -> str:
@@ -144,6 +157,7 @@ def main() -> int:
         builds = [b for b in builds if re.search(args.only, f"{b[0]}-{b[1]}")]
     started = time.monotonic()
     rows = []
+    by_build: dict[tuple[str, str], dict] = {}
     server = None
     with tempfile.TemporaryDirectory(prefix="bun-matrix-") as tmp:
         if args.fetch:
@@ -160,11 +174,12 @@ def main() -> int:
                 elif not args.fetch:
                     row["fetch"] = "not run"
                 elif not runs_here(variant):
-                    row["fetch"] = "not run (musl build)"
+                    row["fetch"] = "not run (musl build): " + same_source(row, by_build)
                 else:
                     workdir = Path(tempfile.mkdtemp(dir=tmp))
                     row["fetch"] = fetch_captured(binary, server, workdir)
                 rows.append(row)
+                by_build[(variant, version)] = row
                 located = "yes" if row["ok"] else "NO"
                 print(f"{variant:<18} {version:<26} {located:<8} {row['seconds']:>8.3f}s  {row['fetch']}"
                       + ("" if row["ok"] else f"  ({row['error']})"), flush=True)
@@ -174,15 +189,18 @@ def main() -> int:
     elapsed = time.monotonic() - started
     located = [r for r in rows if r["ok"]]
     fetched = [r for r in rows if r["fetch"] == "ok"]
-    ran = [r for r in rows if r["fetch"] not in ("-", "not run", "not run (musl build)")]
+    ran = [r for r in rows if r["fetch"] not in ("-", "not run") and not r["fetch"].startswith("not run (musl")]
+    twins = [r for r in rows if r["fetch"].startswith("not run (musl")]
+    twins_ok = [r for r in twins if "same lines as" in r["fetch"]]
     times = sorted(r["seconds"] for r in rows)
     print(f"\n{len(located)} of {len(rows)} builds located; "
-          + (f"{len(fetched)} of {len(ran)} fetches captured; " if args.fetch else "")
+          + (f"{len(fetched)} of {len(ran)} fetches captured; {len(twins_ok)} of {len(twins)} musl builds "
+             "found at the same source lines as their glibc twin; " if args.fetch else "")
           + (f"analysis median {times[len(times) // 2]:.3f} s, max {times[-1]:.3f} s; " if times else "")
           + f"{elapsed:.0f} s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0 if len(located) == len(rows) and len(fetched) == len(ran) else 1
+    return 0 if len(located) == len(rows) and len(fetched) == len(ran) and len(twins_ok) == len(twins) else 1
 
 
 if __name__ == "__main__":

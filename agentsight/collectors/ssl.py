@@ -286,7 +286,8 @@ class SslCollector(Collector):
 
     def describe(self) -> str:
         files = ", ".join(f"{f.shown_path} ({f.kind})" for f in self.hooked)
-        return f"ssl: {files}"
+        failed = "; ".join(f"{f['path']}: {f['reason']}" for f in self.discovery.failures)
+        return f"ssl: {files}" + (f"; not hooked: {failed}" if failed else "")
 
     def close(self) -> None:
         self._stopping.set()

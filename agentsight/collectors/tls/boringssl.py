@@ -70,6 +70,7 @@ class AnalysisError(Exception):
 class Located:
     functions: dict[str, int]  # name -> file offset
     evidence: dict[str, str]   # name -> how it was identified
+    lines: dict[str, list[int]] = field(default_factory=dict)  # name -> ssl_lib.cc lines of its error calls
 
 
 @dataclass
@@ -146,6 +147,15 @@ class _Locator:
     # --- step 2 and 3: the functions around that code ---
 
     def _functions_around(self, sites: list[int]) -> dict[int, Facts]:
+        found, self.callers = self._containing(sites)
+        return {fn.entry: self._facts(fn) for fn in found.values()}
+
+    def _containing(self, sites: list[int]) -> tuple[dict[int, x86.Function], dict[int, list[int]]]:
+        """The function each site lies in (site -> function), for the sites
+        whose function could be found, and the direct calls into the code
+        before each site (target -> call sites). A function's entry is where
+        verified direct calls lead, the nearest one before the site whose
+        control flow reaches it."""
         image = self.image
         callers: dict[int, list[int]] = {}
         for site, target in x86.branches_into(image, [(s - FUNCTION_SPAN, s + 1) for s in sites]):
@@ -157,7 +167,6 @@ class _Locator:
         candidates = sorted(t for t in callers if t % 16 == 0 or not aligned)
         candidate_set = set(candidates)
         verified: dict[int, bool] = {}
-        self.callers = {t: len(c) for t, c in callers.items()}
 
         def is_entry(va: int) -> bool:
             """A function starts at `va`: a call leads there from an instruction
@@ -178,10 +187,12 @@ class _Locator:
             off = image.offset(va)
             return image.data[off:off + 4] in _PROLOGUES and any(x86.decodes_at(image, s) for s in callers[va][:4])
 
-        functions: dict[int, Facts] = {}
+        found: dict[int, x86.Function] = {}
         explored: dict[int, x86.Function] = {}
         for site in sites:
-            if any(site in f.fn.instructions for f in functions.values()):
+            done = next((fn for fn in explored.values() if site in fn.instructions), None)
+            if done is not None:
+                found[site] = done
                 continue
             i = bisect.bisect_right(candidates, site) - 1
             tried = 0
@@ -195,13 +206,12 @@ class _Locator:
                 if fn is None:
                     fn = explored[entry] = x86.explore(image, entry, is_entry, follows_call)
                 if site in fn.instructions:
-                    functions[entry] = self._facts(fn)
+                    found[site] = fn
                     break
-        self.aligned = aligned
-        return functions
+        return found, callers
 
     def _facts(self, fn: x86.Function) -> Facts:
-        facts = Facts(fn, callers=self.callers.get(fn.entry, 0))
+        facts = Facts(fn, callers=len(self.callers.get(fn.entry, ())))
         k = self.file_arg
         for call in fn.calls.values():
             if call.target != self.reporter or not self._names_file(call.arguments[k]):
@@ -220,57 +230,77 @@ class _Locator:
     def _recognise(self) -> Located:
         fs = sorted(self.functions.values(), key=lambda f: f.entry)
 
-        def calls(f: Facts, g: Facts) -> bool:
-            return g.entry in f.fn.direct_callees()
+        def reaches(f: Facts, g: Facts) -> bool:
+            """f calls g, or has g's code inlined: the same error calls, line for line."""
+            return g.entry in f.fn.direct_callees() or bool(g.lines) and g.lines <= f.lines
 
         write = self._only([f for f in fs if {UNINITIALIZED, HANDSHAKE_FAILURE, BAD_LENGTH} <= f.reasons],
                            "SSL_write", "reports SSL_R_UNINITIALIZED, SSL_R_SSL_HANDSHAKE_FAILURE and SSL_R_BAD_LENGTH")
-        handshakes = [f for f in fs if CONNECTION_TYPE_NOT_SET in f.reasons and f is not write]
-        called = [f for f in handshakes if calls(write, f)]
-        handshake = self._only(called or handshakes, "SSL_do_handshake", "reports SSL_R_CONNECTION_TYPE_NOT_SET"
-                               + (" and is called by SSL_write" if called else ""))
-        # The routine SSL_read and SSL_peek share; it may be inlined into them.
+        # SSL_do_handshake reports none of what its callers report when it fails.
+        handshake = self._only([f for f in fs if CONNECTION_TYPE_NOT_SET in f.reasons
+                                and not f.reasons & {UNINITIALIZED, HANDSHAKE_FAILURE}],
+                               "SSL_do_handshake", "reports SSL_R_CONNECTION_TYPE_NOT_SET")
+        if not reaches(write, handshake):
+            raise AnalysisError(f"the SSL_write found at {self._at(write.entry)} does not call the "
+                                f"SSL_do_handshake found at {self._at(handshake.entry)}", self._inventory())
+        # The routine SSL_read and SSL_peek share, perhaps inlined into them.
         read_internals = [f for f in fs if {UNINITIALIZED, HANDSHAKE_FAILURE} <= f.reasons
-                          and BAD_LENGTH not in f.reasons and f is not write
-                          and (calls(f, handshake) or CONNECTION_TYPE_NOT_SET in f.reasons)]
-        reads = []
-        for f in fs:
-            if SHOULD_NOT_HAVE_BEEN_CALLED in f.reasons and BAD_LENGTH not in f.reasons:
-                inner = [g for g in read_internals if g is not f and calls(f, g)]
-                if inner or f in read_internals:
-                    reads.append((f, inner[0] if inner else f))
-        # SSL_peek returns what SSL_read returns, but only SSL_read then
-        # takes it off the session's pending data: it writes to memory.
-        consuming = [r for r in reads if r[0].fn.stores]
-        read, read_internal = self._only(consuming or reads, "SSL_read", "reports "
-                                         "ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED and reads through the internal read "
-                                         "routine" + (" and consumes what it read" if consuming else ""),
-                                         key=lambda r: r[0])
+                          and BAD_LENGTH not in f.reasons and reaches(f, handshake)]
+        peeks = [(f, next((g for g in read_internals if reaches(f, g)), None)) for f in fs
+                 if SHOULD_NOT_HAVE_BEEN_CALLED in f.reasons and BAD_LENGTH not in f.reasons]
+        peeks = [(f, g) for f, g in peeks if g is not None]
+        # SSL_read is SSL_peek followed by taking what it returned off the
+        # session: after passing its buffer on to be filled, it writes memory.
+        consuming = [(f, g) for f, g in peeks if f.fn.stores_after.get(x86.FILLED)]
+        if consuming:
+            read, read_internal = self._only(consuming, "SSL_read", "reports ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED, "
+                                             "reads through the internal read routine and consumes what it read",
+                                             key=lambda r: r[0])
+            how = "consumes what it read"
+        else:
+            peek, read_internal = self._only(peeks, "SSL_peek", "reports ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED and reads "
+                                             "through the internal read routine", key=lambda r: r[0])
+            read = self._caller_consuming(peek)
+            how = (f"passes its arguments on to SSL_peek at {self._at(peek.entry)} (which reports "
+                   f"{_codes(peek.reasons)} and reads through the internal read routine), then consumes what it read")
         found = {"SSL_write": write, "SSL_read": read, "SSL_do_handshake": handshake}
         if len({f.entry for f in found.values()}) != 3:
             raise AnalysisError("SSL_write, SSL_read and SSL_do_handshake came out at the same code",
                                 self._inventory())
-        if read_internal is not read and not calls(read_internal, handshake):
-            raise AnalysisError(f"the internal read routine at {self._at(read_internal.entry)} does not call the "
-                                f"SSL_do_handshake found at {self._at(handshake.entry)}", self._inventory())
         args = {"SSL_write": ("ssl", "buffer", "length"), "SSL_read": ("ssl", "buffer", "length"),
                 "SSL_do_handshake": ("ssl",)}
         for name, f in found.items():
             self._verify(name, f, args[name])
-        handshake_callers = " and ".join(
-            what for what, f in (("SSL_write", write), ("the internal read routine", read_internal))
-            if calls(f, handshake))
+
+        def relation(f: Facts, g: Facts, what: str) -> str:
+            return f"calls {what} at {self._at(g.entry)}" if g.entry in f.fn.direct_callees() else f"contains {what}"
+
+        callers_of_handshake = [what for what, f in (("SSL_write", write), ("the internal read routine", read_internal))
+                                if reaches(f, handshake)]
         relations = {
-            "SSL_write": f"calls SSL_do_handshake at {self._at(handshake.entry)}" if calls(write, handshake)
-            else "contains SSL_do_handshake",
-            "SSL_read": (f"calls the internal read routine at {self._at(read_internal.entry)} (reports "
-                         f"{_codes(read_internal.reasons)})" if read_internal is not read
-                         else "contains the internal read routine")
-            + ("; writes the session's pending data, which SSL_peek does not" if consuming else ""),
-            "SSL_do_handshake": f"called by {handshake_callers}" if handshake_callers else "",
+            "SSL_write": relation(write, handshake, "SSL_do_handshake"),
+            "SSL_read": how if not consuming else (
+                relation(read, read_internal, f"the internal read routine (reports {_codes(read_internal.reasons)})")
+                if read_internal is not read else "contains the internal read routine") + f"; {how}",
+            "SSL_do_handshake": "called by (or inlined into) " + " and ".join(callers_of_handshake),
         }
         evidence = {name: self._describe(f, relations[name], args[name]) for name, f in found.items()}
-        return Located({name: self.image.offset(f.entry) for name, f in found.items()}, evidence)
+        return Located({name: self.image.offset(f.entry) for name, f in found.items()}, evidence,
+                       {name: sorted(f.lines) for name, f in found.items()})
+
+    def _caller_consuming(self, peek: Facts) -> Facts:
+        """SSL_read where it calls SSL_peek rather than containing it: the
+        caller that passes its own three arguments on and then consumes."""
+        sites = [s for s in self.callers.get(peek.entry, []) if s not in peek.fn.instructions]
+        containing, callers = self._containing(sites)
+        readers: dict[int, Facts] = {}
+        own = [frozenset({x86.Input(r)}) for r in x86.ARGUMENT_REGISTERS[:3]]
+        for site, fn in containing.items():
+            call = fn.calls.get(site)
+            if call is not None and call.arguments[:3] == own and fn.stores_after.get(site):
+                readers[fn.entry] = Facts(fn, callers=len(callers.get(fn.entry, ())))
+        return self._only(list(readers.values()), "SSL_read", "passes its arguments on to the SSL_peek found at "
+                          f"{self._at(peek.entry)} and then consumes what it read")
 
     def _at(self, va: int) -> str:
         off = self.image.offset(va)
@@ -298,7 +328,13 @@ class _Locator:
             raise AnalysisError(f"{where} could not be disassembled along every path", self._inventory())
         if not fn.returns:
             raise AnalysisError(f"{where} never returns", self._inventory())
-        missing = [a for r, a in zip(x86.ARGUMENT_REGISTERS, arguments) if r not in fn.inputs_used]
+        def used(register: int) -> bool:
+            if register in fn.inputs_used:
+                return True
+            # Passed on unchanged to a function of ours that reads it there (SSL_read to SSL_peek).
+            return any(self._reads_argument(callee, i) for callee, i, r in fn.passed_on if r == register)
+
+        missing = [a for r, a in zip(x86.ARGUMENT_REGISTERS, arguments) if not used(r)]
         if missing:
             raise AnalysisError(f"{where} does not read its {' and '.join(missing)} argument"
                                 f"{'s' if len(missing) > 1 else ''} where the probes take "
@@ -308,8 +344,12 @@ class _Locator:
         if self.image.offset(fn.entry) is None:
             raise AnalysisError(f"{where} lies outside the file", self._inventory())
 
+    def _reads_argument(self, entry: int, position: int) -> bool:
+        callee = self.functions.get(entry)
+        return callee is not None and x86.ARGUMENT_REGISTERS[position] in callee.fn.inputs_used
+
     def _describe(self, f: Facts, relation: str, arguments: tuple[str, ...]) -> str:
-        parts = [f"reports {_codes(f.reasons)} from ssl_lib.cc", relation,
+        parts = [f"reports {_codes(f.reasons)} from ssl_lib.cc" if f.reasons else "", relation,
                  f"reads its {', '.join(arguments)} argument{'s' if len(arguments) > 1 else ''}",
                  f"{f.callers} direct caller{'s' if f.callers != 1 else ''}"]
         return "; ".join(p for p in parts if p)

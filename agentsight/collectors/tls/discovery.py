@@ -28,6 +28,7 @@ _WRAPPERS = re.compile(r"/libgnutls-openssl[^/]*$")
 _RUNTIME_NAMES = ("node", "bun", "deno", "claude")
 _RUNTIME_GLOBS = (
     "/root/.bun/bin/bun", "/home/*/.bun/bin/bun",
+    "/usr/lib/chromium/chromium",  # Debian's chromium; /usr/bin/chromium is a script that starts it
     "/root/.nvm/versions/node/*/bin/node", "/home/*/.nvm/versions/node/*/bin/node",
     "/root/.local/bin/claude", "/home/*/.local/bin/claude",
 )

@@ -43,6 +43,10 @@ class TlsLibrary:
     analysis_seconds: float = 0.0
     from_cache: bool = False
     evidence: dict[str, str] = field(default_factory=dict)  # function -> how it was identified
+    # Located functions only: function -> its first bytes, hex. Another file
+    # with the same build id (`bun build --compile` output) is hooked at the
+    # cached offsets only if the same code is there.
+    entry_bytes: dict[str, str] = field(default_factory=dict)
 
 
 class NeedsAnalysis(Exception):
@@ -138,7 +142,7 @@ class LibraryAnalyzer:
                     return _Entry(None)
                 bid = build_id(elf)
                 cached = self._cached(bid)
-                if cached is not None:
+                if cached is not None and _same_code(f, cached.library):
                     self._seen_at(bid, cached, shown_path)
                     return cached
                 if quick:
@@ -210,7 +214,8 @@ class LibraryAnalyzer:
         except Exception as exc:  # noqa: BLE001 - odd input must not take the capture down
             raise AnalysisFailed(f"BoringSSL is linked in, but analysing it failed ({type(exc).__name__}: "
                                  f"{exc}), so it is not hooked ({report})") from None
-        return TlsLibrary(BORINGSSL, found.functions, bid, evidence=found.evidence)
+        return TlsLibrary(BORINGSSL, found.functions, bid, evidence=found.evidence,
+                          entry_bytes={name: _read_at(f, off).hex() for name, off in found.functions.items()})
 
     def _cached(self, bid: str | None) -> _Entry | None:
         if bid is None:
@@ -262,6 +267,22 @@ class LibraryAnalyzer:
             os.replace(tmp, self.cache_dir / name)
         except OSError as exc:
             self.cache_error = f"cannot write the analysis cache in {self.cache_dir}: {exc.strerror}"
+
+
+_ENTRY_BYTES = 16
+
+
+def _read_at(f, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(_ENTRY_BYTES)
+
+
+def _same_code(f, library: TlsLibrary | None) -> bool:
+    """Whether the file has the code the cached analysis found at its offsets."""
+    if library is None or not library.entry_bytes:
+        return True
+    return all(_read_at(f, library.functions[name]).hex() == expected
+               for name, expected in library.entry_bytes.items() if name in library.functions)
 
 
 def _file_id(st: os.stat_result) -> str:

@@ -160,6 +160,7 @@ class _Instruction:
     effect: tuple          # what it does to registers (see _apply)
     reads: tuple[int, ...]  # register families whose values it uses
     stores: bool           # writes memory other than the stack
+    store_base: int | None = None  # the register its written address is based on
 
     @staticmethod
     def parse(address: int, size: int, m: str, ops: str) -> _Instruction:
@@ -179,11 +180,12 @@ class _Instruction:
         else:
             read_text = ops
         reads = tuple({_FAMILY[r][0] for r in _REGISTER.findall(read_text)}) if read_text else ()
-        stores = False
+        stores, store_base = False, None
         if "[" in dst and m not in _NO_WRITE:
             base = _REGISTER.findall(dst.partition("[")[2])
-            stores = not base or _FAMILY[base[0]][0] not in _STACK
-        return _Instruction(address, size, m, "op", None, effect, reads, stores)
+            store_base = _FAMILY[base[0]][0] if base else None
+            stores = store_base not in _STACK
+        return _Instruction(address, size, m, "op", None, effect, reads, stores, store_base)
 
 
 def _effect(m: str, dst: str, src: str, family, nxt: int) -> tuple:
@@ -261,7 +263,15 @@ class Function:
     indirect_jumps: int = 0
     returns: bool = False
     stores: int = 0                   # instructions writing non-stack memory
+    # Where a function fills the buffer it was given as second argument (as
+    # SSL_read and SSL_peek do): stores of other memory on a path after it
+    # wrote through that pointer or passed it to a call as the first
+    # argument ("filled"), and after each call it passed the pointer to at all
+    # (by the call's address).
+    stores_after: dict = field(default_factory=dict)
     inputs_used: set[int] = field(default_factory=set)  # argument registers read before written
+    # (callee, argument position, register): an argument passed on unchanged to a direct call.
+    passed_on: set[tuple[int, int, int]] = field(default_factory=set)
     complete: bool = True             # every path decoded
 
     @property
@@ -285,7 +295,8 @@ def explore(image: Image, entry: int, is_entry: Callable[[int], bool] = lambda v
     function starts there (the call did not return)."""
     fn = Function(entry, end=entry)
     lo, hi = entry, entry + limit
-    start_state = tuple(frozenset({Input(r)}) if r in ARGUMENT_REGISTERS else None for r in range(16))
+    # Sixteen registers, then what was done with the buffer argument so far.
+    start_state = tuple(frozenset({Input(r)}) if r in ARGUMENT_REGISTERS else None for r in range(16)) + (_NOTHING,)
     states: dict[int, tuple] = {}
     work: list[tuple[int, tuple]] = [(entry, start_state)]
     steps = 0
@@ -294,7 +305,7 @@ def explore(image: Image, entry: int, is_entry: Callable[[int], bool] = lambda v
         while True:
             old = states.get(va)
             if old is not None:
-                joined = tuple(_join(a, b) for a, b in zip(old, regs))
+                joined = tuple(_join(a, b) for a, b in zip(old[:16], regs[:16])) + (old[16] | regs[16],)
                 if joined == old:
                     break
                 regs = joined
@@ -323,13 +334,28 @@ def explore(image: Image, entry: int, is_entry: Callable[[int], bool] = lambda v
                     regs = _apply(regs, ins.effect)
                 if ins.stores:
                     fn.stores += 1
+                    into_buffer = (ins.store_base is not None and regs[ins.store_base] is not None
+                                   and _BUFFER in regs[ins.store_base])
+                    if into_buffer:
+                        regs = regs[:16] + (regs[16] | _FILLED_NOW,)
+                    else:
+                        for event in regs[16]:
+                            fn.stores_after[event] = fn.stores_after.get(event, 0) + 1
             elif kind == "call":
                 arguments = [regs[r] for r in ARGUMENT_REGISTERS]
                 previous = fn.calls.get(va)
                 if previous is not None:
                     arguments = [_join(a, b) for a, b in zip(previous.arguments, arguments)]
                 fn.calls[va] = Call(va, ins.target, arguments)
+                if ins.target is not None:
+                    for i, values in enumerate(arguments):
+                        for v in values or ():
+                            if type(v) is Input:
+                                fn.passed_on.add((ins.target, i, v.register))
                 regs = list(regs)
+                if any(a and _BUFFER in a for a in arguments):
+                    regs[16] = regs[16] | frozenset({va}) | (_FILLED_NOW if arguments[0] and _BUFFER in arguments[0]
+                                                             else _NOTHING)
                 for r in _CALL_CLOBBERED:
                     regs[r] = None
                 regs = tuple(regs)
@@ -361,6 +387,12 @@ def explore(image: Image, entry: int, is_entry: Callable[[int], bool] = lambda v
             if va != entry and is_entry(va):
                 break  # fell into the next function
     return fn
+
+
+_BUFFER = Input(RSI)
+FILLED = "filled"
+_NOTHING: frozenset = frozenset()
+_FILLED_NOW = frozenset({FILLED})
 
 
 def _apply(regs: tuple, effect: tuple) -> tuple:
@@ -518,11 +550,20 @@ def decodes_at(image: Image, va: int, lookback: int = 48, starts: int = 12) -> b
     if off is None or not image.is_code(va):
         return False
     landed = 0
-    md = image._md
     for back in range(lookback, lookback - 2 * starts, -2):
-        begin = max(off - back, 0)
-        for address, size, _, _ in md.disasm_lite(image.data[begin:off + 16], va - (off - begin)):
-            if address >= va:
-                landed += address == va
-                break
+        landed += _first_boundary_from(image, max(off - back, 0), off) == off
     return landed * 2 > starts
+
+
+def _first_boundary_from(image: Image, start: int, target: int) -> int:
+    """The first instruction start at or after file offset `target`,
+    decoding from `start`; a byte that decodes to nothing is stepped over."""
+    pos = start
+    while pos < target:
+        end = pos
+        for address, size, _, _ in image._md.disasm_lite(image.data[pos:target + 16], pos):
+            end = address + size
+            if address >= target or end > target:
+                return address if address >= target else end
+        pos = end if end > pos else pos + 1
+    return pos
