@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import textwrap
 import time
@@ -53,31 +52,12 @@ def releases(variant: str, since: str = "1.1.0") -> list[str]:
     return sorted((v for v in json.loads(out) if version_key(v)[:3] >= floor), key=version_key)
 
 
-def tarball(cache: Path, variant: str, version: str) -> Path:
-    """The build's npm tarball in the cache, fetched with `npm pack` if missing."""
-    path = cache / f"oven-bun-linux-{variant}-{version}.tgz"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", "--silent", f"@oven/bun-linux-{variant}@{version}"], cwd=cache,
-                       check=True, stdout=subprocess.DEVNULL)
-    return path
-
-
-def extract(tgz: Path, directory: Path) -> Path:
-    with tarfile.open(tgz) as tar:
-        member = tar.getmember("package/bin/bun")
-        member.name = "bun"
-        tar.extract(member, directory, filter="data" if hasattr(tarfile, "data_filter") else None)
-    return directory / "bun"
-
-
 def bun_binary(cache: Path, variant: str, version: str) -> Path:
-    """The extracted executable, kept next to the tarball."""
-    binary = cache / "bin" / f"oven-bun-linux-{variant}-{version}" / "bun"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        extract(tarball(cache, variant, version), binary.parent)
-    return binary
+    """The extracted executable, kept in the cache with its tarball."""
+    import support
+
+    support.BUN_CACHE = cache
+    return support.bun_build(variant, version)
 
 
 def locate(binary: Path) -> dict:

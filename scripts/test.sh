@@ -17,8 +17,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# chromium: BoringSSL in a stripped executable, built by another toolchain;
+# g++: the BoringSSL-shaped test program is built by gcc as well as clang.
 packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin
-          python3-venv mmdebstrap golang-go systemd"
+          python3-venv mmdebstrap golang-go systemd chromium g++"
 # node and npm: any version will do; only install Debian's if there are none.
 command -v node >/dev/null || packages="$packages nodejs"
 command -v npm >/dev/null || packages="$packages npm"

@@ -178,3 +178,29 @@ def stream(events: list[dict], pid: int, direction: str) -> bytes:
         if ev["type"] == "ssl" and ev["pid"] == pid and ev["dir"] == direction:
             out += ev["data"].encode() if "data" in ev else base64.b64decode(ev["data_b64"])
     return bytes(out)
+
+
+# --- Bun builds from the npm registry, kept outside the checkout ---
+
+BUN_CACHE = Path(os.environ.get("AGENTSIGHT_TEST_BUN_CACHE", "/var/cache/agentsight-test/bun-builds"))
+
+
+def bun_build(variant: str, version: str) -> Path:
+    """The `bun` executable of @oven/bun-linux-VARIANT@VERSION, fetched with
+    `npm pack` into BUN_CACHE on first use."""
+    import tarfile
+
+    binary = BUN_CACHE / "bin" / f"oven-bun-linux-{variant}-{version}" / "bun"
+    if binary.exists():
+        return binary
+    tgz = BUN_CACHE / f"oven-bun-linux-{variant}-{version}.tgz"
+    if not tgz.exists():
+        BUN_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", "--silent", f"@oven/bun-linux-{variant}@{version}"], cwd=BUN_CACHE,
+                       check=True, stdout=subprocess.DEVNULL, timeout=600)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tgz) as tar:
+        member = tar.getmember("package/bin/bun")
+        member.name = "bun"
+        tar.extract(member, binary.parent)
+    return binary

@@ -108,8 +108,9 @@ class SslCollector(Collector):
         self.holder: Holder | None = None
         self._released: queue.SimpleQueue = queue.SimpleQueue()  # pids whose analysis is done
         self._analysing: dict[int, int] = {}  # held pid -> notices still being analysed
-        self.held: list[tuple[float, float]] = []  # per held program: ms from exec to seized, to let go
-        self._seized: dict[int, tuple[int, int]] = {}  # held pid -> (exec, seized) CLOCK_MONOTONIC ns
+        # Per held program: ms from exec to seized, ms from exec to let go, its path.
+        self.held: list[tuple[float, float, str]] = []
+        self._seized: dict[int, tuple[int, int, str]] = {}  # held pid -> exec and seized (monotonic ns), path
 
     @property
     def notes(self) -> list[str]:
@@ -206,7 +207,11 @@ class SslCollector(Collector):
                 self._analysing[pid] = self._analysing.get(pid, 0) + 1
             self._notices.put(item)
         if seized_at is not None:
-            self._seized[pid] = (ts_ns, seized_at)
+            try:
+                path = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                path = f"pid {pid}"
+            self._seized[pid] = (ts_ns, seized_at, path)
         if holder is not None and holder.holding(pid) and not self._analysing.get(pid):
             self._release(holder, pid)
 
@@ -232,10 +237,10 @@ class SslCollector(Collector):
     def _release(self, holder: Holder, pid: int) -> None:
         if holder.release(pid) is None:
             return
-        exec_ns, seized_ns = self._seized.pop(pid, (None, None))
+        exec_ns, seized_ns, path = self._seized.pop(pid, (None, None, None))
         if exec_ns is not None:
             now = time.monotonic_ns()
-            self.held.append(((seized_ns - exec_ns) / 1e6, (now - exec_ns) / 1e6))
+            self.held.append(((seized_ns - exec_ns) / 1e6, (now - exec_ns) / 1e6, path))
 
     def _work(self) -> None:
         while True:
@@ -279,10 +284,11 @@ class SslCollector(Collector):
             return None
         seized = sorted(h[0] for h in self.held)
         let_go = sorted(h[1] for h in self.held)
-        return (f"held {len(self.held)} new program{'s' if len(self.held) != 1 else ''} until its TLS code "
-                f"was hooked: seized {seized[len(seized) // 2]:.1f} ms after exec (median; at most "
-                f"{seized[-1]:.1f}), running again {let_go[len(let_go) // 2]:.0f} ms after exec (median; at most "
-                f"{let_go[-1]:.0f})")
+        longest = ", ".join(f"{path} {ms:.0f} ms" for _, ms, path in sorted(self.held, key=lambda h: -h[1])[:5])
+        n = len(self.held)
+        return (f"held {n} new program{'s' if n != 1 else ''} until {'their' if n != 1 else 'its'} TLS code was "
+                f"hooked: seized {seized[n // 2]:.1f} ms after exec (median; at most {seized[-1]:.1f}), running "
+                f"again {let_go[n // 2]:.0f} ms after exec (median; at most {let_go[-1]:.0f}); longest: {longest}")
 
     def describe(self) -> str:
         files = ", ".join(f"{f.shown_path} ({f.kind})" for f in self.hooked)

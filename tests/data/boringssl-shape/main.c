@@ -5,7 +5,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct ssl_st;
 struct method_st {
@@ -74,5 +76,9 @@ int main(int argc, char **argv) {
   int peeked = SSL_peek(&ssl, buf, sizeof(buf));
   int n = SSL_read(&ssl, buf, sizeof(buf));
   printf("%d %d %.*s\n", peeked, n, n > 0 ? n : 0, buf);
+  fflush(stdout);
+  if (argc > 2) {
+    sleep((unsigned)atoi(argv[2]));  /* stay running, to be found among processes */
+  }
   return SSL_shutdown(&ssl) >= 0 ? 0 : 1;
 }
