@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from . import __version__
 from .errors import AgentsightError
@@ -277,7 +278,7 @@ def cmd_probes(args) -> int:
         files = discovery.scan_process(args.pid)
     else:
         files = discovery.initial()
-    found = [
+    found: list[dict[str, Any]] = [
         {
             "path": f.shown_path,
             "kind": f.kind,

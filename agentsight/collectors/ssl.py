@@ -192,14 +192,14 @@ class SslCollector(Collector):
             if holder is not None:
                 holder.release_all()
 
-    def _notice(self, holder: Holder | None, item: tuple) -> None:
-        ts_ns, pid, what, _ = item
+    def _notice(self, holder: Holder | None, item: tuple[int, int, int, str]) -> None:
+        ts_ns, pid, what, path = item
         seized_at = None
         if holder is not None and what == NOTICE_EXEC and not self.discovery.knows_exec(pid):
             if holder.hold(pid):
                 seized_at = time.monotonic_ns()
         try:
-            self._discover(*item, quick=True)
+            self._discover(ts_ns, pid, what, path, quick=True)
         except NeedsAnalysis:
             if holder is not None and seized_at is None and not holder.holding(pid) and holder.hold(pid):
                 seized_at = time.monotonic_ns()
@@ -208,10 +208,10 @@ class SslCollector(Collector):
             self._notices.put(item)
         if seized_at is not None:
             try:
-                path = os.readlink(f"/proc/{pid}/exe")
+                program = os.readlink(f"/proc/{pid}/exe")
             except OSError:
-                path = f"pid {pid}"
-            self._seized[pid] = (ts_ns, seized_at, path)
+                program = f"pid {pid}"
+            self._seized[pid] = (ts_ns, seized_at, program)
         if holder is not None and holder.holding(pid) and not self._analysing.get(pid):
             self._release(holder, pid)
 
@@ -237,17 +237,18 @@ class SslCollector(Collector):
     def _release(self, holder: Holder, pid: int) -> None:
         if holder.release(pid) is None:
             return
-        exec_ns, seized_ns, path = self._seized.pop(pid, (None, None, None))
-        if exec_ns is not None:
-            now = time.monotonic_ns()
-            self.held.append(((seized_ns - exec_ns) / 1e6, (now - exec_ns) / 1e6, path))
+        seized = self._seized.pop(pid, None)
+        if seized is not None:
+            exec_ns, seized_ns, program = seized
+            self.held.append(((seized_ns - exec_ns) / 1e6, (time.monotonic_ns() - exec_ns) / 1e6, program))
 
     def _work(self) -> None:
         while True:
             item = self._notices.get()
             if item is None:
                 return
-            self._discover(*item, quick=False)
+            ts_ns, pid, what, path = item
+            self._discover(ts_ns, pid, what, path, quick=False)
             self._flush_notes()
             if self.hold:
                 self._released.put(item[1])

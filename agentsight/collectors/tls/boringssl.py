@@ -115,6 +115,8 @@ class _Locator:
 
     def _is_file_name(self, va: int) -> bool:
         off = self.image.offset(va)
+        if off is None:
+            return False
         text = self.image.data[off:off + 4096].split(b"\0", 1)[0]
         return text == FILE_NAME[:-1] or text.endswith(b"/" + FILE_NAME[:-1])
 
@@ -142,7 +144,7 @@ class _Locator:
 
     def _names_file(self, values) -> bool:
         found = x86.constants(values)
-        return bool(found) and bool(found & self.names)
+        return found is not None and bool(found & self.names)
 
     # --- step 2 and 3: the functions around that code ---
 
@@ -182,9 +184,9 @@ class _Locator:
             # A function starting right after a call: the call did not return.
             if is_entry(va):
                 return True
-            if va not in callers:
-                return False
             off = image.offset(va)
+            if va not in callers or off is None:
+                return False
             return image.data[off:off + 4] in _PROLOGUES and any(x86.decodes_at(image, s) for s in callers[va][:4])
 
         found: dict[int, x86.Function] = {}
@@ -285,7 +287,8 @@ class _Locator:
             "SSL_do_handshake": "called by (or inlined into) " + " and ".join(callers_of_handshake),
         }
         evidence = {name: self._describe(f, relations[name], args[name]) for name, f in found.items()}
-        return Located({name: self.image.offset(f.entry) for name, f in found.items()}, evidence,
+        offsets = {name: self.image.offset(f.entry) for name, f in found.items()}
+        return Located({name: off for name, off in offsets.items() if off is not None}, evidence,
                        {name: sorted(f.lines) for name, f in found.items()})
 
     def _caller_consuming(self, peek: Facts) -> Facts:

@@ -95,6 +95,7 @@ class LibraryAnalyzer:
             self._without_tls = self._read(_KNOWN_FILES)
 
     def _read(self, name: str) -> dict:
+        assert self.cache_dir is not None
         try:
             content = orjson.loads((self.cache_dir / name).read_bytes())
         except FileNotFoundError:
@@ -259,6 +260,7 @@ class LibraryAnalyzer:
         self._write("tls-libraries.json", self._by_build)
 
     def _write(self, name: str, content: dict) -> None:
+        assert self.cache_dir is not None
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{name}.")

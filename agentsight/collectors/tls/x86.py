@@ -352,13 +352,13 @@ def explore(image: Image, entry: int, is_entry: Callable[[int], bool] = lambda v
                         for v in values or ():
                             if type(v) is Input:
                                 fn.passed_on.add((ins.target, i, v.register))
-                regs = list(regs)
+                after = list(regs)
                 if any(a and _BUFFER in a for a in arguments):
-                    regs[16] = regs[16] | frozenset({va}) | (_FILLED_NOW if arguments[0] and _BUFFER in arguments[0]
-                                                             else _NOTHING)
+                    after[16] = regs[16] | frozenset({va}) | (_FILLED_NOW if arguments[0] and _BUFFER in arguments[0]
+                                                              else _NOTHING)
                 for r in _CALL_CLOBBERED:
-                    regs[r] = None
-                regs = tuple(regs)
+                    after[r] = None
+                regs = tuple(after)
                 va = nxt
                 if follows_call(va):
                     break
@@ -395,9 +395,9 @@ _NOTHING: frozenset = frozenset()
 _FILLED_NOW = frozenset({FILLED})
 
 
-def _apply(regs: tuple, effect: tuple) -> tuple:
+def _apply(state: tuple, effect: tuple) -> tuple:
     op = effect[0]
-    regs = list(regs)
+    regs = list(state)
     if op == "set":
         regs[effect[1]] = effect[2]
     elif op == "copy":
@@ -505,7 +505,7 @@ def branches_into(image: Image, windows: Iterable[tuple[int, int]], opcodes: byt
     if not windows:
         return []
     starts = [a for a, _ in windows]
-    ends = []
+    ends: list[int] = []
     for a, b in windows:  # running maximum, for overlapping windows
         ends.append(max(b, ends[-1]) if ends else b)
     spans: list[list[int]] = []
