@@ -81,12 +81,14 @@ def same_source(row: dict, rows: dict) -> str:
     the same ssl_lib.cc lines as in the glibc build of the same release,
     whose functions a fetch can check. Lines come from the source, not the
     compiler, so they match when the same functions were found."""
-    twin = rows.get((row["variant"].replace("-musl", ""), row["version"]))
+    glibc = row["variant"].replace("-musl", "")
+    twin = rows.get((glibc, row["version"])) or rows.get((glibc, row["version"].split("-")[0]))
     if twin is None or not twin["ok"]:
         return "no glibc twin"
     if twin["lines"] != row["lines"]:
         return f"LINES DIFFER from {twin['variant']} {twin['version']}"
-    return f"same lines as {twin['variant']} (fetch {twin['fetch']})"
+    nearest = "" if twin["version"] == row["version"] else f" {twin['version']}"
+    return f"same lines as {twin['variant']}{nearest} (fetch {twin['fetch']})"
 
 
 def fetch_captured(binary: Path, server, workdir: Path) -> str:

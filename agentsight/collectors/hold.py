@@ -167,6 +167,11 @@ class Holder:
                 held.threads[tid] = sig  # a signal arrived: deliver it when letting go
             # PTRACE_EVENT_STOP: our interrupt (or a group stop, which detaching resumes).
 
+    def overdue(self, seconds: float) -> list[int]:
+        """The programs held longer than `seconds`."""
+        now = time.monotonic()
+        return [pid for pid, held in self._held.items() if now - held.since > seconds]
+
     def release(self, pid: int) -> float | None:
         """Lets every thread of `pid` run on; how long it was held."""
         held = self._held.pop(pid, None)

@@ -31,6 +31,8 @@ NOTICE_OPEN_PROGRAMS = ("notice_openat_enter", "notice_openat_exit")
 DEFAULT_MAX_CAPTURE = 1 << 20
 # How often the notice thread looks at what held programs report.
 HOLD_POLL_MS = 2
+# A program is let go after this long even if its analysis has not finished.
+HOLD_LIMIT_SECONDS = 10.0
 
 
 def uprobe_attach_mode() -> str:
@@ -228,6 +230,11 @@ class SslCollector(Collector):
                 self._analysing[pid] = left
                 continue
             self._analysing.pop(pid, None)
+            self._release(holder, pid)
+        for pid in holder.overdue(HOLD_LIMIT_SECONDS):
+            self._analysing.pop(pid, None)
+            self.report(f"let pid {pid} go after holding it {HOLD_LIMIT_SECONDS:.0f} s: the analysis of its "
+                        "TLS code has not finished; its first TLS calls may be missed")
             self._release(holder, pid)
         holder.poll()
         for failure in holder.failures:
