@@ -26,7 +26,6 @@ from .ui.live import LiveStatus
 # After Ctrl-C, how long the recorded command gets to finish (it saw the
 # Ctrl-C too) before the recording stops without it.
 INTERRUPT_GRACE_SECONDS = 2.0
-_WNOTHREAD = 0x20000000
 
 
 @dataclass
@@ -95,10 +94,8 @@ class HeldChild:
     def poll(self) -> int | None:
         """Like Popen.poll: the exit code, -signal, or None while running."""
         if self.returncode is None:
-            # Only this thread's own children: while another thread holds the
-            # command with ptrace, its stops are that thread's to see.
-            pid, status = os.waitpid(self.pid, os.WNOHANG | _WNOTHREAD)
-            if pid and not os.WIFSTOPPED(status):
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 

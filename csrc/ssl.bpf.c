@@ -312,6 +312,34 @@ static __always_inline void notify(struct tls_notice *n, __u32 what, __u32 path_
 		stat_add(STAT_RING_FULL, 1);
 }
 
+/* Holding programs until their TLS code is hooked (collectors/hold.py): the
+ * exec of a program user space does not know yet is also written to `holds`,
+ * read by the process that holds them, which has no other work to wait
+ * behind. Known programs are filtered out here and cost nothing. */
+struct exe_key {
+	__u64 dev; /* the superblock's, as the kernel encodes it */
+	__u64 ino;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct exe_key);
+	__type(value, __u8);
+} known_exes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} holds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); /* 1: holding is on */
+} hold_on SEC(".maps");
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(notice_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -325,6 +353,22 @@ int BPF_PROG(notice_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	long len = bpf_probe_read_kernel_str(n->path, PATH_MAX_LEN, BPF_CORE_READ(bprm, filename));
 
 	notify(n, NOTICE_EXEC, len > 0 ? len - 1 : 0);
+
+	__u32 *on = bpf_map_lookup_elem(&hold_on, &zero);
+
+	if (!on || !*on)
+		return 0;
+	struct exe_key key = {
+		.dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev),
+		.ino = BPF_CORE_READ(bprm, file, f_inode, i_ino),
+	};
+
+	if (bpf_map_lookup_elem(&known_exes, &key))
+		return 0;
+	/* The same record as the notice: its timestamp names this exec in both. */
+	if (bpf_ringbuf_output(&holds, n, offsetof(struct tls_notice, path) + (n->path_len & (PATH_MAX_LEN - 1)),
+			       BPF_RB_FORCE_WAKEUP))
+		stat_add(STAT_RING_FULL, 1);
 	return 0;
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import queue
+import struct
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from ..errors import AgentsightError
 from ..bpf.object import BPF_TRACE_UPROBE_MULTI
 from .records import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCTIONS
 from .base import Collector, Filters
-from .hold import Holder
+from .hold import HoldProcess, kernel_dev
 from .tls.discovery import Discovery, TlsFile
 from .tls.libraries import NeedsAnalysis
 
@@ -29,10 +30,7 @@ NOTICE_PROGRAMS = ("notice_exec",)
 NOTICE_OPEN_PROGRAMS = ("notice_openat_enter", "notice_openat_exit")
 
 DEFAULT_MAX_CAPTURE = 1 << 20
-# How often the notice thread looks at what held programs report.
-HOLD_POLL_MS = 2
-# A program is let go after this long even if its analysis has not finished.
-HOLD_LIMIT_SECONDS = 10.0
+KNOWN_EXES_MAX = 16384  # as many as csrc/ssl.bpf.c's known_exes holds
 
 
 def uprobe_attach_mode() -> str:
@@ -107,9 +105,8 @@ class SslCollector(Collector):
         # Programs started while running whose TLS code is not hooked yet are
         # held (see hold.py) until it is: nothing of theirs runs unhooked.
         self.hold = hold
-        self.holder: Holder | None = None
-        self._released: queue.SimpleQueue = queue.SimpleQueue()  # pids whose analysis is done
-        self._analysing: dict[int, int] = {}  # held pid -> notices still being analysed
+        self._holder: HoldProcess | None = None
+        self._known_exes: set[tuple[int, int]] = set()  # what the kernel leaves out of the holds ring
         # Per held program: ms from exec to seized, ms from exec to let go, its path.
         self.held: list[tuple[float, float, str]] = []
         self._seized: dict[int, tuple[int, int, str]] = {}  # held pid -> exec and seized (monotonic ns), path
@@ -149,6 +146,8 @@ class SslCollector(Collector):
             self.report(f"{exc.strerror}: libraries loaded after start from new paths are not hooked")
         self._notice_ring = RingReader()
         self._notice_ring.add(obj, "notices")
+        if self.hold:
+            self._start_holding(obj)
         self._worker = threading.Thread(target=self._work, name="agentsight-tls-analysis", daemon=True)
         self._worker.start()
         self._notice_reader = threading.Thread(target=self._read_notices, name="agentsight-tls-notices",
@@ -159,6 +158,8 @@ class SslCollector(Collector):
         """Analyses and hooks the program at `path` now, before it is started."""
         try:
             found = self.discovery.add(os.path.realpath(path), path)
+            if self._holder is not None:
+                self._know(os.stat(path))  # hooked, or known to need no hooks: not held
         except OSError:
             found = None
         if found is not None:
@@ -170,84 +171,75 @@ class SslCollector(Collector):
             attach_tls_file(self.objects[0], f, self.attach_mode, self.filters.pid)
             self.hooked.append(f)
 
+    def _start_holding(self, obj: BpfObject) -> None:
+        """Starts the process that holds new programs (before any thread of
+        ours exists: it is forked), after telling the kernel which are known."""
+        for f in self.hooked:
+            self._know(os.stat(f.path))
+        for st_dev, st_ino in self.discovery.analyzer.files_without_tls():
+            self._know_key((kernel_dev(st_dev), st_ino))
+        self._holder = HoldProcess(obj)
+        obj.update("hold_on", b"\0\0\0\0", b"\1\0\0\0")
+
+    def _know(self, st: os.stat_result) -> None:
+        self._know_key((kernel_dev(st.st_dev), st.st_ino))
+
+    def _know_key(self, key: tuple[int, int]) -> None:
+        with self._attach_lock:
+            if key in self._known_exes or len(self._known_exes) >= KNOWN_EXES_MAX:
+                return
+            self._known_exes.add(key)
+            self.objects[0].update("known_exes", struct.pack("<QQ", *key), b"\1")
+
     def _read_notices(self) -> None:
         """Its own thread: what is known already is hooked right away, the race
         with the program's first TLS call being short; files that need
-        analysing go to the worker, so notices never wait for an analysis.
-        With `hold`, this thread also holds programs until they are hooked."""
+        analysing go to the worker, so notices never wait for an analysis."""
         decode = FAST[EVENT_TLS_NOTICE].decode
-        holder = self.holder = Holder() if self.hold else None
-        try:
-            while not self._stopping.is_set():
-                busy = holder is not None and holder.active
-                for record in self._notice_ring.poll(HOLD_POLL_MS if busy else 100):
-                    try:
-                        ts_ns, pid, _, _, _, _, what, _, path = decode(record)
-                        item = (ts_ns, pid, what, path.decode("utf-8", "replace"))
-                    except Exception:  # noqa: BLE001 - a bad record is only a missed notice
-                        self.bad_notices += 1
-                        continue
-                    self._notice(holder, item)
-                if holder is not None:
-                    self._let_go(holder)
-        finally:
-            if holder is not None:
-                holder.release_all()
+        while not self._stopping.is_set():
+            for record in self._notice_ring.poll(100):
+                try:
+                    ts_ns, pid, _, _, _, _, what, _, path = decode(record)
+                    item = (ts_ns, pid, what, path.decode("utf-8", "replace"))
+                except Exception:  # noqa: BLE001 - a bad record is only a missed notice
+                    self.bad_notices += 1
+                    continue
+                try:
+                    self._discover(*item, quick=True)
+                except NeedsAnalysis:
+                    if self._holder is not None and what == NOTICE_EXEC:
+                        # Held already if the kernel asked; if its program is known
+                        # but not the libraries of its container, held from now.
+                        self._holder.hold(pid, ts_ns)
+                    self._notices.put(item)
+                    continue
+                self._settled(pid, what, ts_ns)
+            if self._holder is not None:
+                self._take_reports(self._holder.reports())
 
-    def _notice(self, holder: Holder | None, item: tuple[int, int, int, str]) -> None:
-        ts_ns, pid, what, path = item
-        seized_at = None
-        if holder is not None and what == NOTICE_EXEC and not self.discovery.knows_exec(pid):
-            if holder.hold(pid):
-                seized_at = time.monotonic_ns()
-        try:
-            self._discover(ts_ns, pid, what, path, quick=True)
-        except NeedsAnalysis:
-            if holder is not None and seized_at is None and not holder.holding(pid) and holder.hold(pid):
-                seized_at = time.monotonic_ns()
-            if holder is not None and holder.holding(pid):
-                self._analysing[pid] = self._analysing.get(pid, 0) + 1
-            self._notices.put(item)
-        if seized_at is not None:
-            try:
-                program = os.readlink(f"/proc/{pid}/exe")
-            except OSError:
-                program = f"pid {pid}"
-            self._seized[pid] = (ts_ns, seized_at, program)
-        if holder is not None and holder.holding(pid) and not self._analysing.get(pid):
-            self._release(holder, pid)
-
-    def _let_go(self, holder: Holder) -> None:
-        while True:
-            try:
-                pid = self._released.get_nowait()
-            except queue.Empty:
-                break
-            if pid not in self._analysing:
-                continue  # not held
-            left = self._analysing[pid] - 1
-            if left > 0:
-                self._analysing[pid] = left
-                continue
-            self._analysing.pop(pid, None)
-            self._release(holder, pid)
-        for pid in holder.overdue(HOLD_LIMIT_SECONDS):
-            self._analysing.pop(pid, None)
-            self.report(f"let pid {pid} go after holding it {HOLD_LIMIT_SECONDS:.0f} s: the analysis of its "
-                        "TLS code has not finished; its first TLS calls may be missed")
-            self._release(holder, pid)
-        holder.poll()
-        for failure in holder.failures:
-            self.report(f"{failure}: its first TLS calls may be missed")
-        holder.failures.clear()
-
-    def _release(self, holder: Holder, pid: int) -> None:
-        if holder.release(pid) is None:
+    def _settled(self, pid: int, what: int, exec_ns: int) -> None:
+        """What `pid` runs is hooked or known to need no hooks: it may run."""
+        if self._holder is None or what != NOTICE_EXEC:
             return
-        seized = self._seized.pop(pid, None)
-        if seized is not None:
-            exec_ns, seized_ns, program = seized
-            self.held.append(((seized_ns - exec_ns) / 1e6, (time.monotonic_ns() - exec_ns) / 1e6, program))
+        try:
+            self._know(os.stat(f"/proc/{pid}/exe"))
+        except OSError:
+            pass  # gone
+        self._holder.release(pid, exec_ns)
+
+    def _take_reports(self, reports: list[tuple]) -> None:
+        for report in reports:
+            if report[0] == "held":
+                _, pid, exec_ns, seized_ns, path = report
+                self._seized[pid] = (exec_ns, seized_ns, path)
+            elif report[0] == "let go":
+                _, pid, when = report
+                seized = self._seized.pop(pid, None)
+                if seized is not None:
+                    exec_ns, seized_ns, path = seized
+                    self.held.append(((seized_ns - exec_ns) / 1e6, (when - exec_ns) / 1e6, path))
+            else:
+                self.report(report[1])
 
     def _work(self) -> None:
         while True:
@@ -257,8 +249,7 @@ class SslCollector(Collector):
             ts_ns, pid, what, path = item
             self._discover(ts_ns, pid, what, path, quick=False)
             self._flush_notes()
-            if self.hold:
-                self._released.put(item[1])
+            self._settled(pid, what, ts_ns)
 
     def _discover(self, ts_ns: int, pid: int, what: int, path: str, quick: bool) -> None:
         try:
@@ -309,6 +300,10 @@ class SslCollector(Collector):
             self._notice_reader.join()
             self._notice_reader = None
             self._notice_ring.close()
+        if self._holder is not None:
+            self.objects[0].update("hold_on", b"\0\0\0\0", b"\0\0\0\0")
+            self._take_reports(self._holder.close())  # lets every held program go
+            self._holder = None
         if self._worker is not None:
             self._notices.put(None)
             self._worker.join()

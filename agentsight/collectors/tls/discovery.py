@@ -168,18 +168,6 @@ class Discovery:
                 found.append(self.add(f"/proc/{pid}/root{path}", path, pid, quick))
         return [f for f in found if f is not None]
 
-    def knows_exec(self, pid: int) -> bool:
-        """Whether the program `pid` runs is hooked already or known to hold
-        no TLS code: only a program that is neither may need holding."""
-        try:
-            st = os.stat(f"/proc/{pid}/exe")
-        except OSError:
-            return True  # gone, or a kernel thread: nothing to hold
-        with self._lock:
-            if (st.st_dev, st.st_ino) in self.files or (st.st_dev, st.st_ino) in self._not_tls:
-                return True
-        return self.analyzer.knows_no_tls(st)
-
     def on_open(self, pid: int, path: str, quick: bool = False) -> TlsFile | None:
         if not path.startswith("/"):
             full = f"/proc/{pid}/cwd/{path}"

@@ -30,7 +30,7 @@ OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SS
 GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
 _ANALYSIS_VERSION = "3"
 # Files found to hold no TLS code, by device, inode, size and mtime: a
-# program seen before is known without opening it (see `knows_no_tls`).
+# program seen before is known without opening it, and never held (hold.py).
 _KNOWN_FILES = "files-without-tls.json"
 _MAX_KNOWN_FILES = 8192
 
@@ -165,14 +165,18 @@ class LibraryAnalyzer:
         self._remember(library.build_id if library else bid, entry, shown_path)
         return entry
 
-    def knows_no_tls(self, st: os.stat_result) -> bool:
-        """Whether the file with this stat was found, now or on an earlier
-        run, to hold no TLS code."""
+    def files_without_tls(self) -> list[tuple[int, int]]:
+        """(device, inode) of the files found, now or on earlier runs, to hold no TLS code."""
+        found = []
         with self._lock:
-            entry = self._by_file.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-        if entry is not None:
-            return entry.library is None and not entry.error
-        return _file_id(st) in self._without_tls
+            ids = list(self._without_tls)
+        for fid in ids:
+            try:
+                dev, ino = fid.split(":")[:2]
+                found.append((int(dev), int(ino)))
+            except ValueError:
+                continue
+        return found
 
     def flush(self) -> None:
         """Writes down the files found to hold no TLS code since the last flush."""
