@@ -320,6 +320,7 @@ class _Locator:
         return (f"error reporter at {self._at(self.reporter)}, file name in argument {self.file_arg + 1}; "
                 "functions naming ssl_lib.cc, with the reason codes they report: "
                 + "; ".join(f"{self._at(f.entry)} {_codes(f.reasons)}"
+                            + (f" and {f.unknown_reasons} not known" if f.unknown_reasons else "")
                             for f in sorted(self.functions.values(), key=lambda f: f.entry)))
 
     def _verify(self, name: str, f: Facts, arguments: tuple[str, ...]) -> None:

@@ -105,12 +105,6 @@ class Image:
                 return va - vaddr + off
         return None
 
-    def address(self, off: int) -> int | None:
-        for vaddr, offset, size, _ in self.segments:
-            if offset <= off < offset + size:
-                return off - offset + vaddr
-        return None
-
     def is_code(self, va: int) -> bool:
         return any(v <= va < v + size for v, _, size in self.code)
 
