@@ -159,3 +159,32 @@ def test_references_and_calls_are_found_in_both_code_models(tmp_path):
 def symbol_offsets_va(path: Path, name: str) -> int:
     with open(path, "rb") as f:
         return next(s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name == name)
+
+
+def test_cached_result_is_used_only_where_the_code_matches(tmp_path):
+    """A cached analysis is found by build id; it is used for a file with that
+    id only if the code it located is there (a record written by another
+    version, with fields this one does not know, is still read)."""
+    from agentsight.collectors.tls.libraries import AnalysisFailed, LibraryAnalyzer
+
+    program = stripped(build(tmp_path, "clang", "-O2 -fPIE", "-pie"))
+    cache = tmp_path / "cache"
+    first = LibraryAnalyzer(cache_dir=cache).analyze(str(program))
+    assert not first.from_cache and first.entry_bytes
+    records = json.loads((cache / "tls-libraries.json").read_text())
+    for record in records.values():
+        record["library"]["a_field_of_another_version"] = 1
+    (cache / "tls-libraries.json").write_text(json.dumps(records))
+    again = LibraryAnalyzer(cache_dir=cache).analyze(str(program))
+    assert again.from_cache and again.functions == first.functions
+    # Same build id, other code at those offsets: analysed afresh, not trusted.
+    moved = tmp_path / "moved"
+    data = bytearray(program.read_bytes())
+    offset = first.functions["SSL_write"]
+    data[offset:offset + 4] = b"\xcc\xcc\xcc\xcc"
+    moved.write_bytes(bytes(data))
+    try:
+        redone = LibraryAnalyzer(cache_dir=cache).analyze(str(moved))
+        assert not redone.from_cache
+    except AnalysisFailed:
+        pass  # refused: as good as not trusting the cache

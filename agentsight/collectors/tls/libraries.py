@@ -49,6 +49,9 @@ class TlsLibrary:
     entry_bytes: dict[str, str] = field(default_factory=dict)
 
 
+_LIBRARY_FIELDS = frozenset(TlsLibrary.__dataclass_fields__)
+
+
 class NeedsAnalysis(Exception):
     """A quick look could not answer: the file must be analysed."""
 
@@ -231,7 +234,14 @@ class LibraryAnalyzer:
         if record.get("error"):
             return _Entry(None, record["error"], record.get("detail", ""))
         lib = record.get("library")
-        return _Entry(TlsLibrary(**{**lib, "from_cache": True}) if lib else None)
+        if not lib:
+            return _Entry(None)
+        try:
+            # Fields this version does not know (written by another) are left out.
+            known = {k: v for k, v in lib.items() if k in _LIBRARY_FIELDS}
+            return _Entry(TlsLibrary(**{**known, "from_cache": True}))
+        except TypeError:
+            return None  # not a record this version can use: analyse again
 
     def _remember(self, bid: str | None, entry: _Entry, shown_path: str | None) -> None:
         if bid is None or self.cache_dir is None:
