@@ -29,7 +29,8 @@ from typing import Any
 from .errors import AgentsightError
 from .events import (
     Connect, Event, EventDecodeError, Exec, Exit, FileKey, FileOp, Fork, HttpExchange, Link, LlmCall, LlmResponse,
-    Open, ProcessKey, RawEvent, TlsData, ToolCall, ToolCallRef, Unexplained, from_json,
+    LlmCallRef, Open, ProcessKey, RawEvent, Startup, TlsData, ToolCall, ToolCallRef, ToolResult, Unexplained,
+    from_json,
 )
 from .sinks.base import Outcome
 
@@ -39,7 +40,7 @@ __all__ = [
     "Capture", "analyze", "read_events", "AgentsightError", "EventDecodeError", "Outcome",
     "Event", "RawEvent", "TlsData", "Exec", "Exit", "Fork", "Open", "FileOp", "Connect",
     "HttpExchange", "LlmCall", "LlmResponse", "ToolCall", "ToolCallRef", "ProcessKey", "FileKey", "Link",
-    "Unexplained", "from_json", "__version__",
+    "Unexplained", "Startup", "ToolResult", "LlmCallRef", "from_json", "__version__",
 ]
 
 COLLECTORS = ("ssl", "process")

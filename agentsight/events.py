@@ -3,7 +3,7 @@
 One dataclass per kind. Collectors produce the raw kinds (`TlsData` and the
 process events); the analyzers produce `HttpExchange`, `LlmCall` and
 `WebSocketSession`;
-correlation produces `Link` and `Unexplained`. Every event has `ts` (Unix
+correlation produces `Link`, `Unexplained`, `Startup` and `ToolResult`. Every event has `ts` (Unix
 time, ns) and a JSON form, `to_json()`, documented in docs/events.md; only
 sinks encode, and `from_json()` decodes a raw event at the edge of the
 program (`replay`, the public `analyze()`).
@@ -26,7 +26,8 @@ __all__ = [
     "Event", "RawEvent", "TlsData", "Exec", "Exit", "Fork", "Open", "FileOp", "Connect",
     "HttpExchange", "LlmCall", "LlmResponse", "ToolCall", "WebSocketSession", "WebSocketMessage", "ToolCallRef",
     "ProcessKey", "FileKey",
-    "Link", "Unexplained", "EventDecodeError", "from_json", "PROCESS_KINDS", "FILE_OPS",
+    "Link", "LINK_ROLES", "Unexplained", "Startup", "ToolResult", "LlmCallRef", "EventDecodeError", "from_json",
+    "PROCESS_KINDS", "FILE_OPS",
 ]
 
 
@@ -577,15 +578,35 @@ class ToolCallRef:
                 "id": self.id}
 
 
+@dataclass(frozen=True, slots=True)
+class LlmCallRef:
+    """An LLM call, by the process that made it and when it started."""
+
+    pid: int
+    started_ns: int
+
+    def to_json(self) -> JsonObject:
+        return {"pid": self.pid, "started_ns": self.started_ns}
+
+
+LINK_ROLES = ("shell", "command", "wrapper")
+
+
 @dataclass(slots=True)
 class Link:
-    """Activity a tool call caused, and the evidence that says so."""
+    """Activity a tool call caused, and the evidence that says so.
+
+    `role`: `shell`, the shell that ran the tool's command (its `-c` script
+    is the command or embeds it); `command`, what the command itself did;
+    `wrapper`, what the agent's wrapper around the command did (its prelude
+    and epilogue, a login shell's profile, the files it keeps its state in)."""
 
     kind: ClassVar[str] = "link"
     ts: int
     tool_call: ToolCallRef
     target: ProcessKey | FileKey
     evidence: dict[str, str | float]
+    role: str = "command"
 
     @property
     def target_kind(self) -> str:
@@ -593,7 +614,7 @@ class Link:
 
     def to_json(self) -> JsonObject:
         return {"type": "link", "ts": self.ts, "tool_call": self.tool_call.to_json(), "kind": self.target_kind,
-                "target": self.target.to_json(), "evidence": self.evidence}
+                "target": self.target.to_json(), "role": self.role, "evidence": self.evidence}
 
 
 @dataclass(slots=True)
@@ -614,5 +635,44 @@ class Unexplained:
                 "reason": self.reason}
 
 
+@dataclass(slots=True)
+class Startup:
+    """Activity of the agent's process tree before its first LLM call (git,
+    rg, environment probes): start-up, not suspicious."""
+
+    kind: ClassVar[str] = "startup"
+    ts: int
+    target: ProcessKey | FileKey
+
+    @property
+    def target_kind(self) -> str:
+        return "process" if isinstance(self.target, ProcessKey) else "file"
+
+    def to_json(self) -> JsonObject:
+        return {"type": "startup", "ts": self.ts, "kind": self.target_kind, "target": self.target.to_json()}
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """A tool call's result going back to the model, in the request of a
+    later LLM call (`tool_result`, `function_call_output`,
+    `functionResponse`). `ts` is when that request started: when the agent
+    sent the result back."""
+
+    kind: ClassVar[str] = "tool_result"
+    ts: int
+    tool_call: ToolCallRef
+    llm_call: LlmCallRef  # the call whose request carries it
+    duration_ns: int  # from the end of the response that asked for the tool to ts
+    is_error: bool | None  # as the agent marked it, when the API has a field for it
+    size: int  # characters of the result's content
+    where: str  # where it is in that request's body, e.g. "messages[3].content[0]"
+
+    def to_json(self) -> JsonObject:
+        return {"type": "tool_result", "ts": self.ts, "tool_call": self.tool_call.to_json(),
+                "llm_call": self.llm_call.to_json(), "duration_ns": self.duration_ns, "is_error": self.is_error,
+                "size": self.size, "where": self.where}
+
+
 Event = Union[TlsData, Exec, Exit, Fork, Open, FileOp, Connect, HttpExchange, LlmCall, WebSocketSession, Link,
-              Unexplained]
+              Unexplained, Startup, ToolResult]

@@ -17,11 +17,16 @@ An adapter answers three questions about an HTTP exchange:
 * for APIs that also run over a WebSocket, ``match_websocket(path)`` and
   ``starts_call(api, message)``: the server's messages are fed to the
   merger as events until it is complete.
+
+and reads, for correlation and the report, what a request body carries in
+(``request_input``): the tool results going back to the model and the last
+message the user wrote.
 """
 from __future__ import annotations
 
 import abc
 import importlib
+import json
 import pkgutil
 import reprlib
 from dataclasses import dataclass
@@ -186,6 +191,46 @@ class SalvagedMerger(Merger):
 
 
 @dataclass(frozen=True)
+class ToolResultBlock:
+    """One tool result in a request body."""
+
+    id: str | None  # the tool call it answers (tool_use_id, tool_call_id, call_id)
+    name: str | None  # the tool's name, where the API gives it (Gemini)
+    content: Any
+    is_error: bool | None
+    where: str  # e.g. "messages[3].content[0]"
+    latest: bool  # in the input after the model's last turn: new in this request
+
+
+@dataclass(frozen=True)
+class RequestInput:
+    """What a request carries in besides the history: the last message the
+    user wrote, and every tool result."""
+
+    user_text: str | None = None
+    user_where: str | None = None
+    tool_results: tuple[ToolResultBlock, ...] = ()
+    latest_is_tool_results: bool = False  # the input after the model's last turn is tool results
+
+
+def content_text(content: Any) -> str:
+    """The text of message content: a string, or the text of its parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(t for t in (content_text(c) for c in content) if t)
+    if isinstance(content, dict):
+        for key in ("text", "output", "content", "result"):
+            v = content.get(key)
+            if isinstance(v, (str, list, dict)):
+                return content_text(v)
+        return json.dumps(content, ensure_ascii=False, default=str)
+    if content is None:
+        return ""
+    return str(content)
+
+
+@dataclass(frozen=True)
 class Adapter(abc.ABC):
     name: str
     hosts: tuple[str, ...] = ()
@@ -223,6 +268,11 @@ class Adapter(abc.ABC):
         (the server's messages up to the merger's end are its answer)."""
         return False
 
+    def request_input(self, api: str, body: Any) -> RequestInput | None:
+        """What the request body of `api` carries in; None when `api` is
+        not one of this adapter's."""
+        return None
+
 
 ADAPTERS: list[Adapter] = []
 
@@ -238,6 +288,16 @@ def get(name: str) -> Adapter | None:
         if a.name == name:
             return a
     return None
+
+
+def request_input(provider: str, api: str, body: Any) -> RequestInput:
+    """What an LLM call's request carries in (provider `unknown`: by its API's shape)."""
+    adapter = get(provider)
+    for a in [adapter] if adapter is not None else ADAPTERS:
+        found = a.request_input(api, body)
+        if found is not None:
+            return found
+    return RequestInput()
 
 
 def _discover() -> None:

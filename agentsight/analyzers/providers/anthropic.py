@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of
+from . import (
+    Adapter, Merger, RequestInput, ToolResultBlock, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of,
+)
 
 _USAGE = {
     "input_tokens": "input_tokens",
@@ -148,6 +150,41 @@ class AnthropicAdapter(Adapter):
 
     def new_merger(self, api: str, request: Any) -> Merger:
         return AnthropicMerger()
+
+    def request_input(self, api: str, body: Any) -> RequestInput | None:
+        if api != "messages":
+            return None
+        return messages_input(body)
+
+
+def messages_input(body: Any) -> RequestInput:
+    """Messages API: `tool_result` blocks in user turns; the last user text."""
+    messages = as_list(as_dict(body).get("messages"))
+    last_assistant = max((i for i, m in enumerate(messages) if as_dict(m).get("role") == "assistant"), default=-1)
+    results: list[ToolResultBlock] = []
+    user_text = user_where = None
+    latest_results = False
+    for i, m in enumerate(messages):
+        m = as_dict(m)
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        texts = []
+        if isinstance(content, str):
+            texts.append(content)
+        for j, block in enumerate(as_list(content)):
+            block = as_dict(block)
+            if block.get("type") == "tool_result":
+                err = block.get("is_error")
+                results.append(ToolResultBlock(as_str(block.get("tool_use_id")), None, block.get("content"),
+                                               err if isinstance(err, bool) else None,
+                                               f"messages[{i}].content[{j}]", i > last_assistant))
+                latest_results = latest_results or i > last_assistant
+            elif block.get("type") == "text" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+        if texts:
+            user_text, user_where = "\n".join(texts), f"messages[{i}]"
+    return RequestInput(user_text, user_where, tuple(results), latest_results)
 
 
 ADAPTER = AnthropicAdapter("anthropic", hosts=("api.anthropic.com",))

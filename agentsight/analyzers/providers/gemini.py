@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, as_dict, as_list, as_str, pick_usage
+from . import Adapter, Merger, RequestInput, ToolResultBlock, as_dict, as_list, as_str, pick_usage
 
 _USAGE = {
     "promptTokenCount": "input_tokens",
@@ -89,6 +89,41 @@ class GeminiAdapter(Adapter):
 
     def new_merger(self, api: str, request: Any) -> Merger:
         return GeminiMerger()
+
+    def request_input(self, api: str, body: Any) -> RequestInput | None:
+        if api not in ("generateContent", "streamGenerateContent"):
+            return None
+        return contents_input(body)
+
+
+def contents_input(body: Any) -> RequestInput:
+    """Gemini: `functionResponse` parts (their id, when the call had one, and
+    the function's name); the last user text."""
+    contents = as_dict(body).get("contents")
+    if isinstance(contents, dict):
+        contents = [contents]
+    contents = as_list(contents)
+    last_model = max((i for i, c in enumerate(contents) if as_dict(c).get("role") == "model"), default=-1)
+    results: list[ToolResultBlock] = []
+    user_text = user_where = None
+    latest_results = False
+    for i, c in enumerate(contents):
+        c = as_dict(c)
+        if c.get("role", "user") != "user":
+            continue
+        texts = []
+        for j, part in enumerate(as_list(c.get("parts"))):
+            part = as_dict(part)
+            fr = part.get("functionResponse")
+            if isinstance(fr, dict):
+                results.append(ToolResultBlock(as_str(fr.get("id")), as_str(fr.get("name")), fr.get("response"), None,
+                                               f"contents[{i}].parts[{j}]", i > last_model))
+                latest_results = latest_results or i > last_model
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        if texts:
+            user_text, user_where = "\n".join(texts), f"contents[{i}]"
+    return RequestInput(user_text, user_where, tuple(results), latest_results)
 
 
 ADAPTER = GeminiAdapter(

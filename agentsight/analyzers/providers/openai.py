@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import json_loads
-from . import Adapter, Merger, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of
+from . import (
+    Adapter, Merger, RequestInput, ToolResultBlock, as_dict, as_index, as_list, as_str, parse_args, pick_usage, text_of,
+)
 
 _CHAT_USAGE = {
     "prompt_tokens": "input_tokens",
@@ -258,6 +260,63 @@ class EmbeddingsMerger(Merger):
         return False
 
 
+def _parts_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    texts = [p["text"] for p in as_list(content) if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return "\n".join(texts) if texts else None
+
+
+def chat_input(body: Any) -> RequestInput:
+    """Chat Completions: `tool` messages (`tool_call_id`); the last user text."""
+    messages = as_list(as_dict(body).get("messages"))
+    last_assistant = max((i for i, m in enumerate(messages) if as_dict(m).get("role") == "assistant"), default=-1)
+    results: list[ToolResultBlock] = []
+    user_text = user_where = None
+    for i, m in enumerate(messages):
+        m = as_dict(m)
+        role = m.get("role")
+        if role in ("tool", "function"):
+            results.append(ToolResultBlock(as_str(m.get("tool_call_id")), as_str(m.get("name")), m.get("content"),
+                                           None, f"messages[{i}]", i > last_assistant))
+        elif role == "user":
+            text = _parts_text(m.get("content"))
+            if text is not None:
+                user_text, user_where = text, f"messages[{i}]"
+    latest = bool(results) and results[-1].latest
+    return RequestInput(user_text, user_where, tuple(results), latest)
+
+
+_OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output",
+                 "computer_call_output", "mcp_tool_call_output")
+_MODEL_ITEMS = ("function_call", "custom_tool_call", "local_shell_call", "computer_call", "reasoning")
+
+
+def responses_input(body: Any) -> RequestInput:
+    """Responses: `function_call_output` items (and the custom, local shell
+    and computer kinds) by `call_id`; the last user text."""
+    items = as_dict(body).get("input")
+    if isinstance(items, str):
+        return RequestInput(items, "input")
+    items = as_list(items)
+    last_model = max((i for i, it in enumerate(items)
+                      if as_dict(it).get("role") == "assistant" or as_dict(it).get("type") in _MODEL_ITEMS),
+                     default=-1)
+    results: list[ToolResultBlock] = []
+    user_text = user_where = None
+    for i, it in enumerate(items):
+        it = as_dict(it)
+        if it.get("type") in _OUTPUT_ITEMS:
+            results.append(ToolResultBlock(as_str(it.get("call_id")), None, it.get("output"), None, f"input[{i}]",
+                                           i > last_model))
+        elif it.get("role") == "user":
+            text = _parts_text(it.get("content"))
+            if text is not None:
+                user_text, user_where = text, f"input[{i}]"
+    latest = bool(results) and results[-1].latest
+    return RequestInput(user_text, user_where, tuple(results), latest)
+
+
 class OpenAIAdapter(Adapter):
     def match_path(self, method: str, path: str) -> str | None:
         if method != "POST":
@@ -288,6 +347,15 @@ class OpenAIAdapter(Adapter):
 
     def starts_call(self, api: str, message: Any) -> bool:
         return isinstance(message, dict) and message.get("type") == "response.create"
+
+    def request_input(self, api: str, body: Any) -> RequestInput | None:
+        if api == "chat.completions":
+            return chat_input(body)
+        if api == "responses":
+            return responses_input(body)
+        if api in ("completions", "embeddings"):
+            return RequestInput()
+        return None
 
     def new_merger(self, api: str, request: Any) -> Merger:
         if api == "responses":
