@@ -1,39 +1,94 @@
 """Linking what an agent did to the tool calls its model asked for.
 
-Deterministic and explained: each link carries the evidence that matched.
+Deterministic and explained: each link carries the evidence that matched,
+and a role: `shell` (the shell that ran the tool's command), `command` (what
+the command did), `wrapper` (what the agent's wrapper script around the
+command did: its prelude and epilogue, a login shell's profile).
 
-- Time: a tool call can only explain activity that starts after the model's
-  response ended and before the same process's next LLM call (which
-  carries the tool's result back).
+- Time: a tool call explains activity from the end of the response that
+  asked for it until the agent sends its result back (the first later
+  request of the same process that carries it: `tool_result`,
+  `function_call_output`, `functionResponse`), or until that process exits.
+  Requests that do not carry the result (an agent's side calls: titles,
+  command checks) do not end it.
 - Lineage: the activity comes from a descendant of the process that made
-  the LLM call; the descendants of a linked process are linked too.
-- Arguments: a process whose argv is a command string of the tool call
-  (`sh -c "<command>"`), or whose program and arguments all appear in one;
-  a file whose path is a path argument of the tool call.
+  the LLM call (file tools: from that process itself); what a linked
+  process starts, and what it execs, belongs to the same tool call, also
+  after the window (a server a tool started).
+- Arguments: the tool's command is parsed as a shell script (see
+  `shell.py`): a process whose argv is the command, a shell whose `-c`
+  script is it or embeds it (`eval '…'` with its quoting undone, a
+  `( trap …; CMD )` subshell, `bash -lc`), a process that is one of the
+  command's simple commands (past `env`, `timeout`, `nice`, `sudo`, `xargs`
+  and VAR=value prefixes); a file that is one of the command's redirect
+  targets (`>`, `>>`, `>|`, `tee`), or a path argument of a file tool
+  (`file_path`, `path`, …, the files of a diff or an apply_patch body),
+  also when it is written as a temporary file renamed over that path.
 
-Processes of the agent's tree that no tool call explains are reported as
-`Unexplained`: the "agent ran curl by itself" case. The agent's tree is the
-recorded command's (`roots`), or, without roots, the processes that made LLM
-calls and their descendants.
+Activity of the agent's tree that no tool call explains is `Unexplained`
+(the "agent ran curl by itself" case); before the agent's first LLM call it
+is `Startup` instead. The agent's tree is the recorded command's (`roots`),
+or, without roots, the processes that made LLM calls and their descendants.
 
-`Correlator` is a sans-I/O stage: feed it events in capture order; close()
-returns the links and the unexplained activity.
+`Correlator` is a sans-I/O stage fed events in capture order. It decides
+each process and file change as soon as nothing still to come can change
+the decision: when every tool call whose window holds it has had its result
+sent back (or its agent exited), once events from a few seconds later have
+arrived (the two ring buffers are read one after the other, so an LLM call
+can arrive after process events that followed it), and once the first LLM
+call has arrived (before it, activity is start-up). feed() returns what
+became decidable; close() decides the rest.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 import os
+import re
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
-from ..events import Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, Open, ProcessKey, ToolCallRef, Unexplained
+from ..events import (
+    Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, LlmCallRef, Open, ProcessKey, RawEvent, Startup, ToolCallRef,
+    ToolResult, Unexplained,
+)
+from . import providers
+from .shell import Redirect, Script, Word, argv_forms, embedding, match_argv, parse, shell_script
 
 MAX_DEPTH = 64
 MAX_PROCESSES = 1 << 20  # programs remembered; beyond this new ones are counted, not linked
-MAX_FILE_CHANGES = 1 << 20
+MAX_FILE_CHANGES = 1 << 20  # file changes waiting for a decision, and renames remembered
+# How late an event may arrive after events that happened after it: the
+# process ring and the TLS ring are drained one after the other every poll
+# (100 ms), and a TLS record in pieces waits up to 2 s for the rest.
+REORDER_NS = 3_000_000_000
+_FOREVER = 1 << 62
 
 O_ACCMODE, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o3, 0o1, 0o2, 0o100, 0o1000
 # Devices and kernel interfaces: opened for writing all the time, never files changed.
 PSEUDO_FILE_PREFIXES = ("/dev/", "/proc/", "/sys/")
+
+# Tool arguments that hold a shell command, and those that name a file.
+COMMAND_KEYS = frozenset(("command", "cmd", "script", "commandline", "command_line", "shell_command",
+                          "bash_command", "commands"))
+PATH_KEYS = frozenset(("file_path", "path", "absolute_path", "filename", "filepath", "file", "notebook_path",
+                       "target_file", "paths", "file_paths", "old_path", "new_path", "target_path", "dir_path"))
+_SHELL_TOOL = re.compile(r"bash|shell|terminal|exec|command|run_?cmd|powershell", re.I)
+_PATCH_PATH = re.compile(r"^\*\*\* (?:Add|Update|Delete) File: (.+?)\s*$|^\*\*\* Move to: (.+?)\s*$|"
+                         r"^(?:---|\+\+\+) (?:[ab]/)?([^\t\n]+?)(?:\t.*)?\s*$|^diff --git a/(\S+) b/(\S+)\s*$|"
+                         r"^rename (?:from|to) (.+?)\s*$", re.M)
+
+# Scores: how strongly a piece of evidence ties activity to a tool call.
+_ARGV_IS = 10.0  # argv is the tool's command
+_EMBEDS = 9.0  # a shell whose script holds the tool's command
+_FILE_TOOL = 9.0  # the agent wrote the file a file tool named
+_INHERITS = 5.0  # started (or exec'd) by a process linked to the tool call
+_A_COMMAND = 6.0  # argv is one of the tool's command's simple commands
+_REDIRECT = 4.0  # a redirect target of the tool's command
+_A_PATH = 3.0  # a path among the tool's command's words
+_WRITER_LINKED = 8.0  # written by a process linked to the tool call
+_WEAK = 1.0  # the program and its arguments, or the file's name, appear in the arguments
 
 
 def file_change(ev: Open | FileOp) -> FileKey | None:
@@ -52,28 +107,7 @@ def file_change(ev: Open | FileOp) -> FileKey | None:
     return None
 
 
-@dataclass
-class Process:
-    """One program a process ran (a fork that never exec'd is one too)."""
-
-    key: ProcessKey
-    ppid: int | None
-    argv: list[str] | None  # None: forked, never exec'd
-    exec_ns: int | None = None
-
-
-@dataclass
-class _Change:
-    key: FileKey
-    new_path: str | None = None
-
-
-@dataclass
-class _Call:
-    pid: int
-    started_ns: int
-    ended_ns: int
-    tool_calls: list[tuple[ToolCallRef, Any]] = field(default_factory=list)
+# -- what the tool calls asked for ----------------------------------------------
 
 
 def _strings(value: Any, where: str = "arguments") -> list[tuple[str, str]]:
@@ -87,8 +121,125 @@ def _strings(value: Any, where: str = "arguments") -> list[tuple[str, str]]:
     return []
 
 
+def _last_key(where: str) -> str:
+    return re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1].lower()
+
+
+def patch_paths(text: str) -> list[str]:
+    """The files a unified diff or an apply_patch body changes."""
+    if "*** " not in text and "\n+++ " not in text and not text.startswith(("--- ", "diff --git")):
+        return []
+    out = []
+    for m in _PATCH_PATH.finditer(text):
+        for g in m.groups():
+            if g and g != "/dev/null" and g not in out:
+                out.append(g)
+    return out
+
+
+@dataclass(frozen=True)
+class _Command:
+    where: str
+    text: str
+    script: Script
+
+
+@dataclass(eq=False)
+class _ToolCall:
+    ref: ToolCallRef
+    name: str | None
+    agent: int  # pid of the process that made the LLM call
+    start: int  # the response's end
+    strings: list[tuple[str, str]]
+    commands: list[_Command]
+    argvs: list[tuple[str, list[str]]]  # commands given as argv lists ({"command": ["bash", "-lc", "…"]})
+    paths: list[tuple[str, str]]
+    end: int | None = None  # when its result went back; None: not yet
+    answered: bool = False
+    shells: int = 0  # shells linked to it as the one running its command
+    waiting: list[_Item] = field(default_factory=list)
+
+
+def _tool_call(ref: ToolCallRef, name: str | None, arguments: Any, agent: int, start: int) -> _ToolCall:
+    strings = _strings(arguments)
+    commands: list[_Command] = []
+    argvs: list[tuple[str, list[str]]] = []
+    paths: list[tuple[str, str]] = []
+    shell_like = bool(name and _SHELL_TOOL.search(name))
+
+    def add_command(where: str, text: str) -> None:
+        if text.strip() and all(c.text != text for c in commands):
+            commands.append(_Command(where, text, parse(text)))
+
+    def visit(value: Any, where: str) -> None:
+        key = _last_key(where)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            if key in COMMAND_KEYS and value and all(isinstance(a, str) for a in value):
+                argv = [a for a in value if isinstance(a, str)]
+                argvs.append((where, argv))
+                found = shell_script(argv)
+                if found:
+                    add_command(where, found[0])
+                return
+            for i, v in enumerate(value):
+                visit(v, f"{where}[{i}]")
+        elif isinstance(value, str):
+            if key in COMMAND_KEYS:
+                add_command(where, value)
+            elif key in PATH_KEYS and value.strip():
+                paths.append((where, value.strip()))
+            for p in patch_paths(value):
+                paths.append((f"{where} (a file the patch changes)", p))
+
+    visit(arguments, "arguments")
+    if not commands and shell_like:
+        texts = [(w, s) for w, s in strings if s.strip()]
+        if isinstance(arguments, str) and arguments.strip():
+            add_command("arguments", arguments)
+        elif len(texts) == 1:
+            add_command(*texts[0])
+    for c in commands:
+        for body in c.script.heredocs:  # apply_patch <<'EOF' … EOF
+            for p in patch_paths(body):
+                paths.append((f"{c.where} (a file the patch changes)", p))
+    return _ToolCall(ref, name, agent, start, strings, commands, argvs, paths)
+
+
+def _path_matches(path: str, named: str) -> bool:
+    """A changed file's absolute path is the one a tool named (absolute,
+    relative to wherever it ran, or under ~)."""
+    named = named.strip()
+    if not named or not path:
+        return False
+    if named == path:
+        return True
+    if named.startswith("~/"):
+        return path.endswith(named[1:])
+    if named.startswith("/"):
+        return os.path.normpath(named) == path
+    norm = os.path.normpath(named)
+    if norm.startswith(".."):
+        norm = norm.lstrip("./")
+    return norm not in (".", "") and path.endswith("/" + norm)
+
+
+def _word_matches_path(word: Word, path: str) -> bool:
+    literal = word.literal
+    if literal is not None:
+        return _path_matches(path, literal)
+    parts = word.parts
+    pattern = "".join(".*" if p is None else re.escape(p) for p in parts)
+    if parts and isinstance(parts[0], str) and parts[0].startswith("/"):
+        return re.fullmatch(pattern, path, re.S) is not None
+    return re.fullmatch(".*/" + pattern if parts and parts[0] is not None else pattern, path, re.S) is not None
+
+
 def _argv_evidence(argv: list[str], strings: list[tuple[str, str]]) -> tuple[int, str] | None:
-    """(strength, why) when argv is the command a tool call asked for."""
+    """(strength, why) when argv is the command a tool call asked for: 3, a
+    string argument is the argv; 2, its program and arguments appear in one."""
     best = None
     for where, text in strings:
         if argv and (argv[-1] == text or " ".join(argv) == text):
@@ -114,8 +265,99 @@ def _path_evidence(path: str | None, strings: list[tuple[str, str]]) -> str | No
     return None
 
 
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+# -- what the agent did -----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Process:
+    """One program a process ran (a fork that never exec'd is one too)."""
+
+    key: ProcessKey
+    ppid: int | None
+    argv: list[str] | None  # None: forked, never exec'd
+    exec_ns: int | None = None
+    parent: Process | None = None  # what the parent ran when it forked this one
+    previous: Process | None = None  # what this pid ran before exec'ing this
+    exited: bool = False
+    decided: bool = False
+    link: _ToolCall | None = None
+    role: str = ""
+    whole_command: bool = False  # a shell whose script is exactly the tool's command (not a login shell)
+    waiting: list[_Item] = field(default_factory=list)
+
+    @property
+    def when(self) -> int:
+        return self.exec_ns if self.exec_ns is not None else self.key.start_ns
+
+    def up(self) -> Process | None:
+        """The program this one came from: the one it replaced, or its parent."""
+        return self.previous if self.previous is not None else self.parent
+
+
+@dataclass(eq=False)
+class _FileChange:
+    key: FileKey
+    new_path: str | None
+    proc: Process | None
+    decided: bool = False
+
+    @property
+    def when(self) -> int:
+        return self.key.ts
+
+
+_Item = Union[Process, _FileChange]
+
+
+@dataclass(eq=False)
+class _Agent:
+    """A process that made LLM calls, and the tool calls it was asked for."""
+
+    pid: int
+    calls: list[tuple[int, int]] = field(default_factory=list)  # (started_ns, ended_ns)
+    tool_calls: list[_ToolCall] = field(default_factory=list)  # by start
+    starts: list[int] = field(default_factory=list)
+    open: list[_ToolCall] = field(default_factory=list)
+    longest: int = 0  # the longest window that has ended
+    last_started: int = -1
+
+    def windows_at(self, when: int) -> list[_ToolCall]:
+        """The ended windows that hold `when`."""
+        out = []
+        i = bisect.bisect_right(self.starts, when)
+        earliest = when - self.longest
+        while i > 0:
+            i -= 1
+            tc = self.tool_calls[i]
+            if tc.start < earliest:
+                break
+            if tc.end is not None and when < tc.end:
+                out.append(tc)
+        return out
+
+
+@dataclass
+class _Candidate:
+    score: float
+    tool_call: _ToolCall
+    evidence: dict[str, str | float]
+    role: str
+    whole_command: bool = False
+    inherited: bool = False
+
+
+_FIRST = "first"  # waiting for the first LLM call
+_LATER = "later"  # waiting for events from REORDER_NS later
+
+
 class Correlator:
-    """Links and unexplained activity from the events of one run.
+    """Links, start-up and unexplained activity, and tool results, from the
+    events of one run.
 
     `roots`: the pids of the recorded command (its tree is the agent's);
     None: every process that made an LLM call is an agent."""
@@ -123,154 +365,513 @@ class Correlator:
     def __init__(self, roots: set[int] | None = None) -> None:
         self.roots = roots
         self.stats = {"correlation.processes_not_kept": 0, "correlation.files_not_kept": 0}
-        self._processes: list[Process] = []
+        self._kept = 0
         self._current: dict[int, Process] = {}  # pid -> what it runs now
-        self._parent: dict[int, int] = {}
-        self._changes: list[_Change] = []
-        self._calls: list[_Call] = []
+        self._agents: dict[int, _Agent] = {}
+        self._unanswered: dict[str, _ToolCall] = {}  # tool call id -> the call waiting for its result
+        self._first_call: int | None = None
+        self._max_ts = 0
+        self._pending: dict[int, _Item] = {}  # id() -> the items not decided yet
+        self._before_first: list[_Item] = []
+        self._later: list[tuple[int, int, _Item]] = []  # heap of (ts, seq, item)
+        self._seq = 0
+        self._ready: deque[_Item] = deque()
+        self._renames: dict[tuple[int, str], list[tuple[int, str]]] = {}  # (pid, from) -> [(ts, to)]
+        self._renames_kept = 0
+        self._out: list[object] = []
+        self._closed = False
 
     def set_roots(self, roots: set[int]) -> None:
         self.roots = set(roots)
 
+    # -- input --------------------------------------------------------------------
+
     def feed(self, ev: object) -> list[object]:
         t = type(ev)
-        if t is Exec:
-            self._exec(ev)  # type: ignore[arg-type]
-        elif t is Fork:
-            self._fork(ev)  # type: ignore[arg-type]
-        elif t is Exit:
-            self._current.pop(ev.pid, None)  # type: ignore[attr-defined]
-        elif t is Open or t is FileOp:
-            key = file_change(ev)  # type: ignore[arg-type]
-            if key is not None:
-                if len(self._changes) >= MAX_FILE_CHANGES:
-                    self.stats["correlation.files_not_kept"] += 1
-                else:
-                    self._changes.append(_Change(key, getattr(ev, "new_resolved", None) or getattr(ev, "new_path", None)))
+        if isinstance(ev, RawEvent):
+            if ev.ts > self._max_ts:
+                self._max_ts = ev.ts
+            if t is Exec:
+                self._exec(ev)  # type: ignore[arg-type]
+            elif t is Fork:
+                self._fork(ev)  # type: ignore[arg-type]
+            elif t is Exit:
+                self._exit(ev)  # type: ignore[arg-type]
+            elif t is Open or t is FileOp:
+                self._file(ev)  # type: ignore[arg-type]
         elif t is LlmCall:
             self._llm(ev)  # type: ignore[arg-type]
-        return []
+        later = self._later
+        while later and later[0][0] + REORDER_NS <= self._max_ts:
+            self._ready.append(heapq.heappop(later)[2])
+        self._run()
+        out, self._out = self._out, []
+        return out
+
+    def close(self) -> list[object]:
+        """Decides everything still open: tool calls whose result never went
+        back run to the end of the recording."""
+        self._closed = True
+        self._max_ts = _FOREVER
+        for agent in self._agents.values():
+            for tc in list(agent.open):
+                self._end_window(agent, tc, _FOREVER)
+        self._ready.extend(self._before_first)
+        self._before_first = []
+        self._ready.extend(item for _, _, item in sorted(self._later, key=lambda x: (x[0], x[1])))
+        self._later = []
+        self._run()
+        # What still waits on something that will never come, in time order.
+        for item in sorted(self._pending.values(), key=lambda i: i.when):
+            if not item.decided:
+                self._decide(item)
+                self._run()
+        out, self._out = self._out, []
+        return out
 
     def _exec(self, ev: Exec) -> None:
-        self._parent.setdefault(ev.pid, ev.ppid)
         p = self._current.get(ev.pid)
         if p is not None and p.argv is None:  # a forked child now runs its own program
             p.argv = ev.argv
             p.exec_ns = ev.ts
+            if p.decided and p.link is None:  # judged as a bare fork: judge what it runs now
+                p.decided = False
+                self._arrive(p)
             return
-        self._add(Process(ProcessKey(ev.pid, ev.ts), ev.ppid, ev.argv, ev.ts))
+        parent = p.parent if p is not None else self._current.get(ev.ppid)
+        self._add(Process(ProcessKey(ev.pid, ev.ts), ev.ppid, ev.argv, ev.ts, parent=parent, previous=p))
 
     def _fork(self, ev: Fork) -> None:
-        self._parent.setdefault(ev.child_pid, ev.pid)
-        self._add(Process(ProcessKey(ev.child_pid, ev.ts), ev.pid, None))
+        self._add(Process(ProcessKey(ev.child_pid, ev.ts), ev.pid, None, parent=self._current.get(ev.pid)))
 
     def _add(self, p: Process) -> None:
-        if len(self._processes) >= MAX_PROCESSES:
+        if self._kept >= MAX_PROCESSES:
             self.stats["correlation.processes_not_kept"] += 1
             return
-        self._processes.append(p)
+        self._kept += 1
         self._current[p.key.pid] = p
+        self._arrive(p)
+
+    def _exit(self, ev: Exit) -> None:
+        p = self._current.pop(ev.pid, None)
+        if p is not None:
+            p.exited = True
+            if not p.decided and p.argv is None:
+                self._ready.append(p)  # it never exec'd: nothing more to wait for
+        agent = self._agents.get(ev.pid)
+        if agent is not None:
+            for tc in list(agent.open):
+                self._end_window(agent, tc, ev.ts)
+
+    def _file(self, ev: Open | FileOp) -> None:
+        key = file_change(ev)
+        if key is None:
+            return
+        new_path = (ev.new_resolved or ev.new_path) if isinstance(ev, FileOp) else None
+        if len(self._pending) >= MAX_FILE_CHANGES:
+            self.stats["correlation.files_not_kept"] += 1
+            return
+        if key.op == "rename" and new_path and key.path and ev.pid in self._agents \
+                and self._renames_kept < MAX_FILE_CHANGES:
+            self._renames.setdefault((ev.pid, key.path), []).append((key.ts, new_path))
+            self._renames_kept += 1
+        self._arrive(_FileChange(key, new_path, self._current.get(ev.pid)))
 
     def _llm(self, ev: LlmCall) -> None:
         if ev.side != "client":
             # A traced process answered it (a model server, a mock in a test
             # runner): its tool calls are its client's to run, not its own.
             return
-        call = _Call(ev.pid, ev.started_ns, ev.ended_ns)
+        agent = self._agents.get(ev.pid)
+        if agent is None:
+            agent = self._agents[ev.pid] = _Agent(ev.pid)
+        agent.calls.append((ev.started_ns, ev.ended_ns))
+        agent.last_started = max(agent.last_started, ev.started_ns)
+        if ev.ended_ns > self._max_ts and not self._closed:
+            self._max_ts = ev.ended_ns
+        self._results(agent, ev)
         for i, tc in enumerate(ev.response.tool_calls):
-            call.tool_calls.append((ToolCallRef(ev.pid, ev.started_ns, i, tc.id), tc.arguments))
-        self._calls.append(call)
+            call = _tool_call(ToolCallRef(ev.pid, ev.started_ns, i, tc.id), tc.name, tc.arguments, ev.pid,
+                              ev.ended_ns)
+            at = bisect.bisect_right(agent.starts, call.start)
+            agent.starts.insert(at, call.start)
+            agent.tool_calls.insert(at, call)
+            agent.open.append(call)
+            if tc.id:
+                self._unanswered[tc.id] = call
+        if self._first_call is None or ev.started_ns < self._first_call:
+            self._first_call = ev.started_ns
+            self._ready.extend(self._before_first)
+            self._before_first = []
 
-    def _descends_from(self, pid: int, ancestor: int) -> bool:
-        parent = self._parent
-        for _ in range(MAX_DEPTH):
-            next_pid = parent.get(pid)
-            if next_pid is None:
-                return False
-            pid = next_pid
-            if pid == ancestor:
-                return True
-        return False
-
-    def _in_tree(self, pid: int, agents: set[int]) -> bool:
-        return pid in agents or any(self._descends_from(pid, a) for a in agents)
-
-    def close(self) -> list[object]:
-        calls = sorted(self._calls, key=lambda c: c.started_ns)
-        windows = []  # (llm call, tool call ref, arguments, start, end)
-        for i, call in enumerate(calls):
-            end = next((c.started_ns for c in calls[i + 1:] if c.pid == call.pid and c.started_ns > call.ended_ns),
-                       None)
-            for ref, arguments in call.tool_calls:
-                windows.append((call, ref, _strings(arguments), call.ended_ns, end))
-
-        out: list[object] = []
-        linked: set[ProcessKey] = set()
-        linked_pids: dict[int, ToolCallRef] = {}  # pid -> tool call (while it runs what was linked)
-        ran = sorted((p for p in self._processes if p.argv is not None), key=lambda p: p.exec_ns or p.key.start_ns)
-        for p in ran:
-            assert p.argv is not None
-            when = p.exec_ns or p.key.start_ns
-            best: tuple[int, ToolCallRef, dict[str, str | float]] | None = None
-            for call, ref, strings, start, end in windows:
-                if when < start or (end is not None and when >= end):
-                    continue
-                if p.key.pid == call.pid or not self._descends_from(p.key.pid, call.pid):
-                    continue
-                evidence: dict[str, str | float] = {
-                    "after_llm_call_ms": round((when - call.ended_ns) / 1e6, 1),
-                    "lineage": f"descendant of pid {call.pid}, which made the LLM call"}
-                found = _argv_evidence(p.argv, strings)
-                strength = 0
-                if found:
-                    strength, evidence["arguments"] = found
-                # A process started by one already linked belongs to the same tool call.
-                ancestor: int | None = p.key.pid
-                for _ in range(MAX_DEPTH):
-                    ancestor = self._parent.get(ancestor)  # type: ignore[arg-type]
-                    if ancestor is None:
-                        break
-                    if linked_pids.get(ancestor) == ref:
-                        strength = max(strength, 1)
-                        evidence["parent_linked"] = f"started by pid {ancestor}, linked to this tool call"
-                        break
-                if strength and (best is None or strength > best[0]):
-                    best = (strength, ref, evidence)
-            if best:
-                out.append(Link(when, best[1], p.key, best[2]))
-                linked.add(p.key)
-                linked_pids[p.key.pid] = best[1]
-
-        agents = self.roots if self.roots is not None else {c.pid for c in calls}
-        first_call = calls[0].started_ns if calls else None
-        for p in ran:
-            when = p.exec_ns or p.key.start_ns
-            if p.key in linked or p.key.pid in agents or not self._in_tree(p.key.pid, agents):
+    def _results(self, agent: _Agent, ev: LlmCall) -> None:
+        """The tool results this request carries back: each ends its tool
+        call's window when it is the first to carry it."""
+        if not agent.open and not self._unanswered:
+            return
+        found = providers.request_input(ev.provider, ev.api, ev.request)
+        for block in found.tool_results:
+            tc = self._unanswered.get(block.id) if block.id else None
+            if tc is None and block.id is None and block.latest:
+                # no ids (Gemini): the earliest unanswered call of that name
+                tc = next((c for c in agent.open if not c.answered and c.ref.id is None
+                           and (block.name is None or c.name == block.name) and c.start <= ev.started_ns), None)
+            if tc is None or tc.answered or tc.start > ev.started_ns:
                 continue
-            reason = "no tool call explains it"
-            if first_call is None or when < first_call:
-                reason = "started before any LLM call"
-            out.append(Unexplained(when, p.key, reason))
+            tc.answered = True
+            if tc.ref.id:
+                self._unanswered.pop(tc.ref.id, None)
+            self._out.append(ToolResult(ev.started_ns, tc.ref, LlmCallRef(ev.pid, ev.started_ns),
+                                        ev.started_ns - tc.start, block.is_error,
+                                        len(providers.content_text(block.content)), block.where))
+            owner = self._agents.get(tc.agent)
+            if owner is not None and tc.end is None:
+                self._end_window(owner, tc, ev.started_ns)
 
-        for change in sorted(self._changes, key=lambda c: c.key.ts):
-            f = change.key
-            best_file: tuple[int, ToolCallRef, dict[str, str | float]] | None = None
-            for call, ref, strings, start, end in windows:
-                if f.ts < start or (end is not None and f.ts >= end):
-                    continue
-                evidence = {"after_llm_call_ms": round((f.ts - call.ended_ns) / 1e6, 1)}
-                strength = 0
-                if linked_pids.get(f.pid) == ref:
-                    strength = 2
-                    evidence["process"] = f"by pid {f.pid}, linked to this tool call"
-                why = _path_evidence(f.path, strings) or _path_evidence(change.new_path, strings)
-                if why and (f.pid == call.pid or self._descends_from(f.pid, call.pid)):
-                    strength += 1
-                    evidence["arguments"] = why
-                if strength and (best_file is None or strength > best_file[0]):
-                    best_file = (strength, ref, evidence)
-            if best_file:
-                out.append(Link(f.ts, best_file[1], f, best_file[2]))
-            elif f.pid not in agents and self._in_tree(f.pid, agents):
-                out.append(Unexplained(f.ts, f, "no tool call explains it"))
+    def _end_window(self, agent: _Agent, tc: _ToolCall, end: int) -> None:
+        if tc.end is not None:
+            return
+        tc.end = max(end, tc.start)
+        if tc in agent.open:
+            agent.open.remove(tc)
+        if tc.end < _FOREVER:
+            agent.longest = max(agent.longest, tc.end - tc.start)
+        else:
+            agent.longest = _FOREVER
+        if tc.ref.id and self._unanswered.get(tc.ref.id) is tc:
+            del self._unanswered[tc.ref.id]
+        self._ready.extend(tc.waiting)
+        tc.waiting = []
+
+    # -- deciding -----------------------------------------------------------------
+
+    def _arrive(self, item: _Item) -> None:
+        self._pending[id(item)] = item
+        self._ready.append(item)
+
+    def _run(self) -> None:
+        ready = self._ready
+        while ready:
+            item = ready.popleft()
+            if item.decided:
+                continue
+            blocker = self._blocker(item)
+            if blocker is None:
+                self._decide(item)
+            elif blocker == _FIRST:
+                self._before_first.append(item)
+            elif blocker == _LATER:
+                self._seq += 1
+                heapq.heappush(self._later, (item.when, self._seq, item))
+            else:
+                assert not isinstance(blocker, str)
+                blocker.waiting.append(item)
+
+    def _chain(self, p: Process | None) -> list[Process]:
+        """p and the programs it came from, up to the first process."""
+        out: list[Process] = []
+        while p is not None and len(out) < MAX_DEPTH:
+            out.append(p)
+            p = p.up()
         return out
+
+    def _agent_pids(self, item: _Item) -> list[int]:
+        """The processes above the item that made LLM calls, nearest first
+        (for a file change, its writer too: file tools)."""
+        if isinstance(item, Process):
+            chain = self._chain(item.parent)
+            own = item.key.pid
+        else:
+            chain = self._chain(item.proc)
+            own = -1
+            if item.proc is None and item.key.pid in self._agents:
+                return [item.key.pid]
+        out: list[int] = []
+        for p in chain:
+            pid = p.key.pid
+            if pid in self._agents and pid != own and pid not in out:
+                out.append(pid)
+        return out
+
+    def _blocker(self, item: _Item) -> _ToolCall | Process | str | None:
+        if self._first_call is None and not self._closed:
+            return _FIRST
+        when = item.when
+        agents = self._agent_pids(item)
+        for pid in agents:
+            for tc in self._agents[pid].open:
+                if tc.start <= when:
+                    return tc
+        covered = bool(agents) and all(self._agents[pid].last_started > when for pid in agents)
+        if not covered and self._first_call is not None and when < self._first_call:
+            covered = True
+        if not covered and when + REORDER_NS > self._max_ts:
+            return _LATER
+        if isinstance(item, Process):
+            if item.argv is None and not item.exited and item.key.start_ns + REORDER_NS > self._max_ts:
+                return _LATER  # give it the time to exec
+            dep = item.up()
+        else:
+            dep = item.proc
+        if dep is not None and not dep.decided and id(dep) in self._pending:
+            return dep
+        return None
+
+    def _decide(self, item: _Item) -> None:
+        item.decided = True
+        self._pending.pop(id(item), None)
+        if isinstance(item, Process):
+            self._decide_process(item)
+            self._ready.extend(item.waiting)
+            item.waiting = []
+        else:
+            self._decide_file(item)
+
+    def _in_tree(self, chain: list[Process], pid: int) -> bool:
+        pids = {p.key.pid for p in chain} | {pid}
+        if self.roots is not None:
+            return bool(pids & self.roots)
+        return bool(pids & self._agents.keys())
+
+    def _own(self, pid: int) -> bool:
+        """The agent's own processes: the recorded command and the LLM callers."""
+        return pid in self._agents or (self.roots is not None and pid in self.roots)
+
+    def _nearest_linked(self, p: Process | None) -> Process | None:
+        for q in self._chain(p):
+            if q.link is not None:
+                return q
+            if q.key.pid in self._agents:
+                return None  # an agent's own children are its tool calls', not its parent's
+        return None
+
+    def _decide_process(self, p: Process) -> None:
+        when = p.when
+        best: _Candidate | None = None
+        linked = self._nearest_linked(p.up())
+        for pid in self._agent_pids(p):
+            for tc in self._agents[pid].windows_at(when):
+                c = self._process_candidate(p, tc, linked)
+                if c is not None and (best is None or _better(c, best)):
+                    best = c
+        if linked is not None and linked.link is not None and (best is None or best.score < _INHERITS):
+            c = self._process_candidate(p, linked.link, linked)
+            if c is not None and (best is None or _better(c, best)):
+                best = c
+        if best is not None:
+            tc = best.tool_call
+            p.link, p.role, p.whole_command = tc, best.role, best.whole_command
+            if best.role == "shell":
+                tc.shells += 1
+            self._out.append(Link(when, tc.ref, p.key, best.evidence, best.role))
+            return
+        if p.argv is None or self._own(p.key.pid) or not self._in_tree(self._chain(p.parent), p.key.pid):
+            return
+        self._flag(when, p.key)
+
+    def _flag(self, when: int, target: ProcessKey | FileKey) -> None:
+        if self._first_call is None:
+            self._out.append(Unexplained(when, target, "no LLM call was seen in this recording"))
+        elif when < self._first_call:
+            self._out.append(Startup(when, target))
+        else:
+            self._out.append(Unexplained(when, target, "no tool call explains it"))
+
+    def _process_candidate(self, p: Process, tc: _ToolCall, linked: Process | None) -> _Candidate | None:
+        evidence: dict[str, str | float] = {}
+        in_window = tc.start <= p.when and (tc.end is None or p.when < tc.end)
+        score = 0.0
+        role = "command"
+        whole = False
+        argv = p.argv
+        matched_command = False
+        if argv is not None and in_window:
+            found = self._argv_match(argv, tc)
+            if found is not None:
+                score, why, role, whole, matched_command = found
+                evidence["arguments"] = why
+        inherits = linked is not None and linked.link is tc
+        if inherits:
+            assert linked is not None
+            score += _INHERITS
+            if linked.key.pid == p.key.pid:
+                evidence["parent_linked"] = (f"exec'd by a linked process: pid {linked.key.pid} ran a program "
+                                             "linked to this tool call before")
+            else:
+                evidence["parent_linked"] = f"started by a linked process (pid {linked.key.pid})"
+            if not evidence.get("arguments"):
+                if linked.role == "command" or linked.whole_command:
+                    role = "command"
+                else:
+                    role = "wrapper"
+                    evidence["wrapper"] = (f"the wrapper's own: started by the shell around the tool's command "
+                                           f"(pid {linked.key.pid}), not one of the command's commands")
+        if score <= 0:
+            return None
+        if in_window:
+            evidence["after_llm_call_ms"] = round((p.when - tc.start) / 1e6, 1)
+            evidence["lineage"] = f"descendant of pid {tc.agent}, which made the LLM call"
+        return _Candidate(score, tc, evidence, role, whole, inherits)
+
+    def _argv_match(self, argv: list[str], tc: _ToolCall) -> tuple[float, str, str, bool, bool] | None:
+        """(score, why, role, whole command, one of its commands) when argv is what the tool asked to run."""
+        forms = argv_forms(argv)
+        shell = next((found for found in map(shell_script, forms) if found is not None), None)
+        claimed = 0.5 if tc.shells else 0.0  # parallel calls of one command: one shell each
+        for where, wanted in tc.argvs:
+            if any(f == wanted for f in forms):
+                if shell is not None:
+                    return _ARGV_IS - claimed, f"argv is {where}", "shell", not shell[1], False
+                return _ARGV_IS, f"argv is {where}", "command", False, True
+        for c in tc.commands:
+            if any(f and (f[-1] == c.text or " ".join(f) == c.text) for f in forms):
+                if shell is not None:
+                    return _ARGV_IS - claimed, f"argv is {c.where}", "shell", not shell[1], False
+                return _ARGV_IS, f"argv is {c.where}", "command", False, True
+        best: tuple[float, str, str, bool, bool] | None = None
+        for f in forms:
+            found = shell_script(f)
+            if found is None:
+                continue
+            script, login = found
+            parsed = parse(script)
+            for c in tc.commands:
+                how = embedding(parsed, c.text)
+                if how is None:
+                    continue
+                tier, detail = how
+                score = _EMBEDS + tier / 10 - claimed
+                exact = tier == 3 and detail == "it is the tool's command"
+                why = (f"the tool's command ({c.where}) is this shell's script" if exact else
+                       f"the tool's command ({c.where}) is embedded in this shell's script ({detail})")
+                if best is None or score > best[0]:
+                    best = (score, why, "shell", exact and not login, False)
+        if best is not None:
+            return best
+        for c in tc.commands:
+            for command in c.script.commands:
+                for form in command.forms:
+                    tier = max((match_argv(form, f) for f in forms), default=0)
+                    if tier and (best is None or _A_COMMAND + tier / 10 > best[0]):
+                        text = _short(command.text)
+                        why = (f"argv is `{text}`, a command of the tool's command ({c.where})" if tier == 3 else
+                               f"runs `{text}`, a command of the tool's command ({c.where})")
+                        best = (_A_COMMAND + tier / 10, why, "command", False, True)
+        if best is not None:
+            return best
+        weak = _argv_evidence(argv, tc.strings)
+        if weak is not None and not tc.commands:
+            return (_ARGV_IS if weak[0] == 3 else _WEAK, weak[1], "command", False, True)
+        return None
+
+    def _decide_file(self, f: _FileChange) -> None:
+        key = f.key
+        best: _Candidate | None = None
+        writer = f.proc
+        if writer is not None and writer.link is not None:
+            best = self._file_candidate(f, writer.link, writer)
+        for pid in self._agent_pids(f):
+            for tc in self._agents[pid].windows_at(key.ts):
+                c = self._file_candidate(f, tc, writer if writer is not None and writer.link is tc else None)
+                if c is not None and (best is None or _better(c, best)):
+                    best = c
+        if best is not None:
+            self._out.append(Link(key.ts, best.tool_call.ref, key, best.evidence, best.role))
+            return
+        chain = self._chain(writer)
+        if self._own(key.pid) or not self._in_tree(chain, key.pid):
+            return
+        self._flag(key.ts, key)
+
+    def _file_candidate(self, f: _FileChange, tc: _ToolCall, writer: Process | None) -> _Candidate | None:
+        key = f.key
+        evidence: dict[str, str | float] = {}
+        score = 0.0
+        role = "command"
+        in_window = tc.start <= key.ts and (tc.end is None or key.ts < tc.end)
+        paths = [p for p in (key.path, f.new_path) if p]
+        if writer is not None:
+            score += _WRITER_LINKED
+            evidence["process"] = f"written by a linked process (pid {key.pid})"
+        if in_window and key.pid == tc.agent:
+            why = self._file_tool_evidence(f, tc)
+            if why is not None:
+                score += _FILE_TOOL
+                evidence["arguments"] = why
+                evidence["process"] = f"by the agent itself (pid {key.pid}), which made the LLM call"
+        elif in_window or writer is not None:
+            redirect = _redirect_of(paths, tc)
+            if redirect is not None:
+                score += _REDIRECT
+                evidence["arguments"] = (f"a redirect target of the tool's command ({redirect[0]}): "
+                                         f"`{_short(redirect[1].text)}`")
+            else:
+                word = _path_word_of(paths, tc)
+                if word is not None:
+                    score += _A_PATH
+                    evidence["arguments"] = f"a path in the tool's command ({word[0]}): {_short(word[1], 60)}"
+                elif in_window:
+                    why = next((w for w in (_path_evidence(p, tc.strings) for p in paths) if w), None)
+                    if why is not None:
+                        score += _WEAK
+                        evidence["arguments"] = why
+        if score <= 0 or (writer is None and key.pid != tc.agent and not self._descends(f, tc.agent)):
+            return None
+        if writer is not None and "arguments" not in evidence:
+            if writer.role == "command" or writer.whole_command:
+                role = "command"
+            else:
+                role = "wrapper"
+                evidence["wrapper"] = (f"the wrapper's own: written by the shell around the tool's command "
+                                       f"(pid {writer.key.pid}), not one of the command's redirect targets")
+        if in_window:
+            evidence["after_llm_call_ms"] = round((key.ts - tc.start) / 1e6, 1)
+        return _Candidate(score, tc, evidence, role)
+
+    def _descends(self, f: _FileChange, agent: int) -> bool:
+        return any(p.key.pid == agent for p in self._chain(f.proc))
+
+    def _file_tool_evidence(self, f: _FileChange, tc: _ToolCall) -> str | None:
+        key = f.key
+        for where, named in tc.paths:
+            if key.path and _path_matches(key.path, named):
+                return f"path is {where}"
+            if f.new_path and _path_matches(f.new_path, named):
+                return f"rename target is {where}"
+        if key.op == "write" and key.path:
+            end = tc.end if tc.end is not None else _FOREVER
+            for ts, to in self._renames.get((key.pid, key.path), ()):
+                if key.ts <= ts < end:
+                    for where, named in tc.paths:
+                        if _path_matches(to, named):
+                            return f"a temporary file pid {key.pid} renamed over {to} (path is {where})"
+        return None
+
+
+def _redirect_of(paths: list[str], tc: _ToolCall) -> tuple[str, Redirect] | None:
+    for c in tc.commands:
+        for r in c.script.redirects:
+            if any(_word_matches_path(r.target, p) for p in paths):
+                return c.where, r
+    return None
+
+
+def _path_word_of(paths: list[str], tc: _ToolCall) -> tuple[str, str] | None:
+    for c in tc.commands:
+        for command in c.script.commands:
+            for w in command.words[1:]:
+                literal = w.literal
+                if literal and not literal.startswith("-") and ("/" in literal or "." in literal) \
+                        and any(_path_matches(p, literal) for p in paths):
+                    return c.where, literal
+    return None
+
+
+def _better(a: _Candidate, b: _Candidate) -> bool:
+    """a explains the activity better than b: more evidence, then the more
+    recent tool call, then the earlier one in the response."""
+    if a.score != b.score:
+        return a.score > b.score
+    if a.tool_call.start != b.tool_call.start:
+        return a.tool_call.start > b.tool_call.start
+    return a.tool_call.ref.index < b.tool_call.ref.index
