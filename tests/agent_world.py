@@ -103,7 +103,9 @@ class World:
         return ts
 
     def llm(self, pid: int, tools: list[tuple[str | None, str, Any]] = (), results: list[str] = (),
-            text: str = "", ms: float = 200.0, request: Any = None, append: bool = True) -> LlmCall:
+            text: str = "", ms: float = 200.0, request: Any = None, append: bool = True,
+            usage: dict[str, int] | None = None, first_token_ms: float | None = None,
+            model: str = "claude-test") -> LlmCall:
         """One LLM call by pid: its request carries `results` (tool call ids)
         back; its response asks for `tools`."""
         started = self.tick(1)
@@ -114,16 +116,17 @@ class World:
             elif not self.history:
                 self.history.append({"role": "user", "content": "do the task"})
             request = {"model": "claude-test", "max_tokens": 100, "messages": list(self.history)}
+        first = started + int(first_token_ms * 1_000_000) if first_token_ms is not None else None
         ended = self.tick(ms)
         response = LlmResponse(text=text, tool_calls=[ToolCall(i, n, a) for i, n, a in tools])
         if append and request is not None and self.api == "messages":
             blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
             blocks += [{"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in tools]
             self.history.append({"role": "assistant", "content": blocks})
-        call = LlmCall(ts=ended, provider=self.provider, api=self.api, model="claude-test", stream=False,
+        call = LlmCall(ts=ended, provider=self.provider, api=self.api, model=model, stream=first is not None,
                        status=200, method="POST", host="api.example", path="/v1/messages", request=request,
-                       request_headers={}, response_headers={}, response=response, usage={}, started_ns=started,
-                       first_token_ns=None, ended_ns=ended, pid=pid, tid=pid, comm="agent", conn=1,
+                       request_headers={}, response_headers={}, response=response, usage=usage or {},
+                       started_ns=started, first_token_ns=first, ended_ns=ended, pid=pid, tid=pid, comm="agent", conn=1,
                        side="client")
         self.events.append(call)
         return call
@@ -137,6 +140,22 @@ class World:
         if close:
             out += c.close()
         return out
+
+    def session(self, path: str, roots: set[int] | None = None) -> str:
+        """A session file of these events, as `record` writes it."""
+        from agentsight.sinks.base import Outcome
+        from agentsight.sinks.session import SessionWriter
+
+        c = Correlator(roots)
+        batch: list[Any] = []
+        for ev in self.events:
+            batch.append(ev)
+            batch += c.feed(ev)
+        batch += c.close()
+        writer = SessionWriter(path, {"command": ["agent"]})
+        writer.write(batch)
+        writer.close(Outcome(extra={"command_exit": 0}))
+        return path
 
     def steps(self, roots: set[int] | None = None) -> list[tuple[Any, list[Any]]]:
         """Each event fed, with what the Correlator emitted right then."""

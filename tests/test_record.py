@@ -153,7 +153,7 @@ def test_tool_call_is_linked_to_what_it_caused(world, tmp_path):
     unexplained_line = lines.index("Unexplained activity")
     assert tool_line < unexplained_line
     below_tool = "\n".join(lines[tool_line:unexplained_line])
-    assert "ran   /bin/sh -c" in below_tool and "ran   curl" in below_tool and f"write {note}" in below_tool
+    assert "shell  /bin/sh -c" in below_tool and "ran    curl" in below_tool and f"write  {note}" in below_tool
     assert f"{world['http']}/side" in "\n".join(lines[unexplained_line:])
 
     exported = subprocess.run([sys.executable, "-m", "agentsight", "export", str(session)],

@@ -21,13 +21,13 @@ from ..analyzers.correlate import file_change
 from ..errors import AgentsightError
 from ..events import (
     Connect, EventDecodeError, Exec, Exit, FileKey, FileOp, Fork, HttpExchange, Link, LlmCall, LlmResponse, Open,
-    ProcessKey, RawEvent, ToolCall, ToolCallRef, Unexplained, from_json,
+    LlmCallRef, ProcessKey, RawEvent, Startup, ToolCall, ToolCallRef, ToolResult, Unexplained, from_json,
 )
 from .base import Outcome, Sink
 from .files import check_new, invoking_user
 from .jsonl import safe_json
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -46,12 +46,18 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 CREATE TABLE IF NOT EXISTS tool_calls (
     id INTEGER PRIMARY KEY, llm_call_id INTEGER, call_id TEXT, name TEXT, arguments TEXT);
 CREATE TABLE IF NOT EXISTS http_exchanges (id INTEGER PRIMARY KEY, ts INTEGER, pid INTEGER, record TEXT);
--- What each tool call caused, and the evidence for it.
+-- What each tool call caused, and the evidence for it; role: shell, command or wrapper.
 CREATE TABLE IF NOT EXISTS links (
-    id INTEGER PRIMARY KEY, tool_call_id INTEGER, kind TEXT, target_id INTEGER, evidence TEXT);
+    id INTEGER PRIMARY KEY, tool_call_id INTEGER, kind TEXT, target_id INTEGER, evidence TEXT, role TEXT);
 -- Activity of the agent's tree that no tool call explains.
 CREATE TABLE IF NOT EXISTS unexplained (
     id INTEGER PRIMARY KEY, kind TEXT, target_id INTEGER, reason TEXT);
+-- Activity of the agent's tree before its first LLM call.
+CREATE TABLE IF NOT EXISTS startup (id INTEGER PRIMARY KEY, kind TEXT, target_id INTEGER);
+-- Each tool call's result as it went back to the model, in the request of llm_call_id.
+CREATE TABLE IF NOT EXISTS tool_results (
+    id INTEGER PRIMARY KEY, tool_call_id INTEGER, llm_call_id INTEGER, sent_ns INTEGER, duration_ns INTEGER,
+    is_error INTEGER, size INTEGER, location TEXT);
 CREATE TABLE IF NOT EXISTS raw_events (id INTEGER PRIMARY KEY, ts INTEGER, pid INTEGER, type TEXT, event TEXT);
 CREATE INDEX IF NOT EXISTS raw_ts ON raw_events(ts);
 CREATE INDEX IF NOT EXISTS raw_pid ON raw_events(pid);
@@ -62,6 +68,7 @@ CREATE INDEX IF NOT EXISTS files_pid ON file_activity(pid);
 CREATE INDEX IF NOT EXISTS connections_ts ON connections(ts);
 CREATE INDEX IF NOT EXISTS llm_started ON llm_calls(started_ns);
 CREATE INDEX IF NOT EXISTS links_tool ON links(tool_call_id);
+CREATE INDEX IF NOT EXISTS tool_results_tool ON tool_results(tool_call_id);
 """
 
 
@@ -107,12 +114,14 @@ class SessionWriter(Sink):
         self._process_rows: dict[ProcessKey, int] = {}
         self._file_rows: dict[FileKey, int] = {}
         self._tool_rows: dict[tuple[int, int, int], int] = {}  # (pid, started_ns, index) -> tool_calls.id
+        self._llm_rows: dict[tuple[int, int], int] = {}  # (pid, started_ns) -> llm_calls.id
         self.counts = {"llm_calls": 0, "commands": 0, "files_written": 0, "connections": 0}
         self.tokens = {"input": 0, "output": 0}
         self._losses: dict[str, int] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {Exec: self._exec, Fork: self._fork, Exit: self._exit, Open: self._file, FileOp: self._file,
                           Connect: self._connect, LlmCall: self._llm_call, HttpExchange: self._http,
-                          Link: self._link, Unexplained: self._unexplained}
+                          Link: self._link, Unexplained: self._unexplained, Startup: self._startup,
+                          ToolResult: self._tool_result}
 
     def set_meta(self, **values: Any) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -244,6 +253,8 @@ class SessionWriter(Sink):
             "incomplete, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.started_ns, e.ended_ns, e.pid, e.provider, e.model, usage.get("input_tokens"),
              usage.get("output_tokens"), e.status, int(e.incomplete), _json(e.to_json())))
+        assert cur.lastrowid is not None
+        self._llm_rows[(e.pid, e.started_ns)] = cur.lastrowid
         for i, tc in enumerate(e.response.tool_calls):
             tool = self.db.execute("INSERT INTO tool_calls (llm_call_id, call_id, name, arguments) VALUES (?, ?, ?, ?)",
                                    (cur.lastrowid, tc.id, tc.name, _json(tc.arguments)))
@@ -262,8 +273,8 @@ class SessionWriter(Sink):
         if tool is None or target is None:
             self._losses["links.unresolved"] = self._losses.get("links.unresolved", 0) + 1
             return
-        self.db.execute("INSERT INTO links (tool_call_id, kind, target_id, evidence) VALUES (?, ?, ?, ?)",
-                        (tool, link.target_kind, target, _json(link.evidence)))
+        self.db.execute("INSERT INTO links (tool_call_id, kind, target_id, evidence, role) VALUES (?, ?, ?, ?, ?)",
+                        (tool, link.target_kind, target, _json(link.evidence), link.role))
 
     def _unexplained(self, u: Unexplained) -> None:
         target = self._target_row(u.target)
@@ -272,6 +283,25 @@ class SessionWriter(Sink):
             return
         self.db.execute("INSERT INTO unexplained (kind, target_id, reason) VALUES (?, ?, ?)",
                         (u.target_kind, target, u.reason))
+
+    def _startup(self, s: Startup) -> None:
+        target = self._target_row(s.target)
+        if target is None:
+            self._losses["startup.unresolved"] = self._losses.get("startup.unresolved", 0) + 1
+            return
+        self.db.execute("INSERT INTO startup (kind, target_id) VALUES (?, ?)", (s.target_kind, target))
+
+    def _tool_result(self, r: ToolResult) -> None:
+        ref = r.tool_call
+        tool = self._tool_rows.get((ref.llm_pid, ref.llm_started_ns, ref.index))
+        carrier = self._llm_rows.get((r.llm_call.pid, r.llm_call.started_ns))
+        if tool is None or carrier is None:
+            self._losses["tool_results.unresolved"] = self._losses.get("tool_results.unresolved", 0) + 1
+            return
+        self.db.execute("INSERT INTO tool_results (tool_call_id, llm_call_id, sent_ns, duration_ns, is_error, size, "
+                        "location) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (tool, carrier, r.ts, r.duration_ns, None if r.is_error is None else int(r.is_error), r.size,
+                         r.where))
 
 
 def open_session(path: str) -> sqlite3.Connection:
@@ -307,6 +337,11 @@ def open_session(path: str) -> sqlite3.Connection:
     return db
 
 
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+        is not None
+
+
 def read_meta(db: sqlite3.Connection) -> dict[str, Any]:
     return {row["key"]: orjson.loads(row["value"]) for row in db.execute("SELECT key, value FROM meta")}
 
@@ -338,8 +373,8 @@ def _llm_call(d: dict[str, Any]) -> LlmCall | None:
 def session_events(db: sqlite3.Connection) -> Iterator[Any]:
     """A session as the typed events that made it, for sinks that read one
     back (`export --otlp`): the process events and LLM calls in time order,
-    then the links and the unexplained activity, as correlation gives them
-    when a recording ends. Rows that no longer decode are skipped."""
+    then the links, the tool results, the start-up and the unexplained
+    activity. Rows that no longer decode are skipped."""
     db.row_factory = sqlite3.Row
     query = """
         SELECT ts, 0 AS k, event FROM raw_events WHERE type IN ('exec', 'exit', 'fork')
@@ -381,14 +416,27 @@ def session_events(db: sqlite3.Connection) -> Iterator[Any]:
         f = files.get(row_id)
         return None if f is None else (f["ts"], FileKey(f["pid"], f["ts"], f["op"], f["path"]))
 
-    for link in db.execute("SELECT tool_call_id, kind, target_id, evidence FROM links ORDER BY id"):
+    for link in db.execute("SELECT * FROM links ORDER BY id"):
         ref, found = tools.get(link["tool_call_id"]), target(link["kind"], link["target_id"])
         if ref is not None and found is not None:
             try:
                 evidence = orjson.loads(link["evidence"] or "{}")
             except orjson.JSONDecodeError:
                 evidence = {}
-            yield Link(found[0], ref, found[1], evidence if isinstance(evidence, dict) else {})
+            role = link["role"] if "role" in link.keys() and link["role"] else "command"
+            yield Link(found[0], ref, found[1], evidence if isinstance(evidence, dict) else {}, role)
+    if _has_table(db, "tool_results"):
+        for r in db.execute("SELECT * FROM tool_results ORDER BY id"):
+            ref, carrier = tools.get(r["tool_call_id"]), calls.get(r["llm_call_id"])
+            if ref is not None and carrier is not None:
+                yield ToolResult(r["sent_ns"], ref, LlmCallRef(carrier["pid"], carrier["started_ns"]),
+                                 r["duration_ns"] or 0, None if r["is_error"] is None else bool(r["is_error"]),
+                                 r["size"] or 0, r["location"] or "")
+    if _has_table(db, "startup"):
+        for st in db.execute("SELECT kind, target_id FROM startup ORDER BY id"):
+            found = target(st["kind"], st["target_id"])
+            if found is not None:
+                yield Startup(found[0], found[1])
     has_unexplained = db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'unexplained'").fetchone() is not None
     if has_unexplained:
