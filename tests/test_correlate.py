@@ -262,6 +262,26 @@ def test_parallel_tool_calls_each_get_their_own():
     assert unexplained(out) == []
 
 
+def test_parallel_subshell_wrappers_when_one_command_holds_the_other():
+    w = World()
+    agent = w.start_agent(["codex"])
+    short, long = f"curl -s {URL}", f"curl -s {URL} -o /w/page.html"
+    w.llm(agent, tools=[("a", "shell", {"command": short}), ("b", "shell", {"command": long})])
+    s_long = w.spawn(agent, subshell_wrapper(long))
+    s_short = w.spawn(agent, subshell_wrapper(short))
+    c_short = w.spawn(s_short, ["curl", "-s", URL])
+    c_long = w.spawn(s_long, ["curl", "-s", URL, "-o", "/w/page.html"])
+    w.write(c_long, "/w/page.html")
+    for pid in (c_short, c_long, s_short, s_long):
+        w.exit(pid)
+    w.llm(agent, results=["a", "b"])
+    out = w.correlate(roots={agent})
+    procs = process_links(out)
+    assert {pid: procs[pid].tool_call.id for pid in (s_short, c_short, s_long, c_long)} == \
+        {s_short: "a", c_short: "a", s_long: "b", c_long: "b"}
+    assert file_links(out)["write /w/page.html"].tool_call.id == "b"
+
+
 def test_parallel_calls_of_the_same_command_get_one_shell_each():
     w = World()
     agent = w.start_agent(["agent"])
@@ -332,6 +352,38 @@ def test_apply_patch_through_a_shell_heredoc():
     assert unexplained(out) == []
 
 
+def test_a_persistent_shell_and_a_script_file():
+    """Agents that type commands into a long-lived shell, or write them to a
+    script and run that: the commands, their redirects and the script's
+    shell are still the tool call's."""
+    w = World()
+    agent = w.start_agent(["agent"])
+    persistent = w.spawn(agent, ["/bin/bash", "--norc"])  # start-up
+    w.llm(agent, tools=[("t1", "bash", {"command": "ls /w > /w/l.txt"})])
+    w.write(persistent, "/w/l.txt")
+    ls = w.spawn(persistent, ["ls", "/w"])
+    w.exit(ls)
+    w.llm(agent, results=["t1"], tools=[("t2", "bash", {"command": "curl -s https://x/y > /w/o"})])
+    w.write(agent, "/tmp/cmd-1.sh")
+    script = w.spawn(agent, ["/bin/bash", "/tmp/cmd-1.sh"])
+    w.write(script, "/w/o")
+    curl = w.spawn(script, ["curl", "-s", "https://x/y"])
+    w.exit(curl)
+    w.exit(script)
+    w.llm(agent, results=["t2"])
+    out = w.correlate(roots={agent})
+    procs = process_links(out)
+    assert [s.target.pid for s in startup(out)] == [persistent]
+    assert procs[ls].tool_call.id == "t1"
+    assert file_links(out)["write /w/l.txt"].tool_call.id == "t1"
+    assert procs[script].tool_call.id == "t2" and procs[script].role == "shell"
+    assert procs[script].evidence["arguments"].startswith(
+        f"runs /tmp/cmd-1.sh, a script the agent (pid {agent}) wrote after the response")
+    assert procs[curl].tool_call.id == "t2" and procs[curl].role == "command"
+    assert file_links(out)["write /w/o"].role == "command"
+    assert unexplained(out) == []
+
+
 def test_a_command_no_tool_call_explains_is_flagged():
     w = World()
     agent = w.start_agent(["agent"])
@@ -373,6 +425,24 @@ def test_startup_is_decided_when_the_first_call_arrives():
         {(git, "process"), (rg, "process"), (rg, "file")}
     assert all(not isinstance(e, Startup) for ev, out in steps if ev is not first for e in out)
     assert not any(unexplained(out) for _, out in steps)
+
+
+def test_startup_is_told_before_any_call_arrives_from_the_first_tls_write():
+    from agentsight.events import TlsData
+
+    w = World()
+    agent = w.start_agent(["node", "cli.js"])
+    git = w.spawn(agent, ["git", "rev-parse", "HEAD"])
+    w.exit(git)
+    w.tick(10)
+    send = TlsData(w.tick(), agent, agent, "node", 1000, fn="SSL_write", dir="send", conn=7, len=5, data=b"POST ")
+    w.events.append(send)
+    w.tick(4000)  # the model takes its time: events of 4 s later arrive meanwhile
+    w.events.append(TlsData(w.tick(), agent, agent, "node", 1000, fn="SSL_read", dir="recv", conn=7, len=1,
+                            data=b"x"))
+    steps = w.steps(roots={agent})
+    emitted = [(ev, out) for ev, out in steps if ev is not None and startup(out)]
+    assert [(type(ev).__name__, [s.target.pid for s in startup(out)]) for ev, out in emitted] == [("TlsData", [git])]
 
 
 def test_links_are_emitted_when_the_result_goes_back_not_at_the_end():

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ..events import (
-    Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, LlmCallRef, Open, ProcessKey, RawEvent, Startup, ToolCallRef,
-    ToolResult, Unexplained,
+    Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, LlmCallRef, Open, ProcessKey, RawEvent, Startup, TlsData,
+    ToolCallRef, ToolResult, Unexplained,
 )
 from . import providers
 from .shell import Redirect, Script, Word, argv_forms, embedding, match_argv, parse, shell_script
@@ -84,6 +84,7 @@ _ARGV_IS = 10.0  # argv is the tool's command
 _EMBEDS = 9.0  # a shell whose script holds the tool's command
 _FILE_TOOL = 9.0  # the agent wrote the file a file tool named
 _INHERITS = 5.0  # started (or exec'd) by a process linked to the tool call
+_SCRIPT = 7.0  # runs a script the agent wrote after the response
 _A_COMMAND = 6.0  # argv is one of the tool's command's simple commands
 _REDIRECT = 4.0  # a redirect target of the tool's command
 _A_PATH = 3.0  # a path among the tool's command's words
@@ -142,6 +143,25 @@ class _Command:
     where: str
     text: str
     script: Script
+    by_program: dict[str, list[tuple[str, tuple[Word, ...]]]]  # program name -> (command text, form)
+    path_words: list[str]  # literal arguments that look like paths
+
+
+def _looks_like_path(word: str) -> bool:
+    return not word.startswith("-") and ("/" in word or "." in word)
+
+
+def _command(where: str, text: str) -> _Command:
+    script = parse(text)
+    by_program: dict[str, list[tuple[str, tuple[Word, ...]]]] = {}
+    for command in script.commands:
+        for form in command.forms:
+            program = form[0].literal if form else None
+            if program:
+                by_program.setdefault(os.path.basename(program), []).append((command.text, form))
+    path_words = [w.literal for command in script.commands for w in command.words[1:]
+                  if w.literal and _looks_like_path(w.literal)]
+    return _Command(where, text, script, by_program, path_words)
 
 
 @dataclass(eq=False)
@@ -169,7 +189,7 @@ def _tool_call(ref: ToolCallRef, name: str | None, arguments: Any, agent: int, s
 
     def add_command(where: str, text: str) -> None:
         if text.strip() and all(c.text != text for c in commands):
-            commands.append(_Command(where, text, parse(text)))
+            commands.append(_command(where, text))
 
     def visit(value: Any, where: str) -> None:
         key = _last_key(where)
@@ -265,6 +285,12 @@ def _path_evidence(path: str | None, strings: list[tuple[str, str]]) -> str | No
     return None
 
 
+def _specific(text: str) -> float:
+    """Among commands that match equally, the longer one says more: a tie-break
+    worth less than any evidence."""
+    return min(len(text), 10_000) / 1e6
+
+
 def _short(text: str, n: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -273,7 +299,7 @@ def _short(text: str, n: int = 80) -> str:
 # -- what the agent did -----------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Process:
     """One program a process ran (a fork that never exec'd is one too)."""
 
@@ -281,6 +307,7 @@ class Process:
     ppid: int | None
     argv: list[str] | None  # None: forked, never exec'd
     exec_ns: int | None = None
+    cwd: str = ""
     parent: Process | None = None  # what the parent ran when it forked this one
     previous: Process | None = None  # what this pid ran before exec'ing this
     exited: bool = False
@@ -289,6 +316,23 @@ class Process:
     role: str = ""
     whole_command: bool = False  # a shell whose script is exactly the tool's command (not a login shell)
     waiting: list[_Item] = field(default_factory=list)
+    _lineage: tuple[int, ...] | None = None
+    agents_seen: tuple[int, list[int]] | None = None  # (agents known then, the agents above it)
+
+    def lineage(self) -> tuple[int, ...]:
+        """The pids of this program and those it came from, nearest first."""
+        if self._lineage is None:
+            pids: list[int] = []
+            p: Process | None = self
+            while p is not None and len(pids) < MAX_DEPTH:
+                if p._lineage is not None and p is not self:
+                    pids += [q for q in p._lineage if q not in pids]
+                    break
+                if p.key.pid not in pids:
+                    pids.append(p.key.pid)
+                p = p.up()
+            self._lineage = tuple(pids)
+        return self._lineage
 
     @property
     def when(self) -> int:
@@ -299,12 +343,13 @@ class Process:
         return self.previous if self.previous is not None else self.parent
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _FileChange:
     key: FileKey
     new_path: str | None
     proc: Process | None
     decided: bool = False
+    agents_seen: tuple[int, list[int]] | None = None
 
     @property
     def when(self) -> int:
@@ -370,6 +415,7 @@ class Correlator:
         self._agents: dict[int, _Agent] = {}
         self._unanswered: dict[str, _ToolCall] = {}  # tool call id -> the call waiting for its result
         self._first_call: int | None = None
+        self._first_send: int | None = None  # the first TLS write seen: no LLM call started before it
         self._max_ts = 0
         self._pending: dict[int, _Item] = {}  # id() -> the items not decided yet
         self._before_first: list[_Item] = []
@@ -378,6 +424,7 @@ class Correlator:
         self._ready: deque[_Item] = deque()
         self._renames: dict[tuple[int, str], list[tuple[int, str]]] = {}  # (pid, from) -> [(ts, to)]
         self._renames_kept = 0
+        self._agent_writes: dict[tuple[int, str], int] = {}  # (agent pid, path) -> when it last wrote it
         self._out: list[object] = []
         self._closed = False
 
@@ -399,6 +446,13 @@ class Correlator:
                 self._exit(ev)  # type: ignore[arg-type]
             elif t is Open or t is FileOp:
                 self._file(ev)  # type: ignore[arg-type]
+            elif t is TlsData and ev.dir == "send":  # type: ignore[attr-defined]
+                if self._first_send is None:
+                    self._first_send = ev.ts
+                    self._ready.extend(self._before_first)  # what came before it is start-up
+                    self._before_first = []
+                elif ev.ts < self._first_send:
+                    self._first_send = ev.ts
         elif t is LlmCall:
             self._llm(ev)  # type: ignore[arg-type]
         later = self._later
@@ -434,12 +488,13 @@ class Correlator:
         if p is not None and p.argv is None:  # a forked child now runs its own program
             p.argv = ev.argv
             p.exec_ns = ev.ts
+            p.cwd = ev.cwd
             if p.decided and p.link is None:  # judged as a bare fork: judge what it runs now
                 p.decided = False
                 self._arrive(p)
             return
         parent = p.parent if p is not None else self._current.get(ev.ppid)
-        self._add(Process(ProcessKey(ev.pid, ev.ts), ev.ppid, ev.argv, ev.ts, parent=parent, previous=p))
+        self._add(Process(ProcessKey(ev.pid, ev.ts), ev.ppid, ev.argv, ev.ts, ev.cwd, parent=parent, previous=p))
 
     def _fork(self, ev: Fork) -> None:
         self._add(Process(ProcessKey(ev.child_pid, ev.ts), ev.pid, None, parent=self._current.get(ev.pid)))
@@ -475,6 +530,12 @@ class Correlator:
                 and self._renames_kept < MAX_FILE_CHANGES:
             self._renames.setdefault((ev.pid, key.path), []).append((key.ts, new_path))
             self._renames_kept += 1
+        if ev.pid in self._agents and self._renames_kept < MAX_FILE_CHANGES:
+            written = new_path if key.op == "rename" else key.path if key.op == "write" else None
+            if written:
+                if (ev.pid, written) not in self._agent_writes:
+                    self._renames_kept += 1
+                self._agent_writes[(ev.pid, written)] = key.ts
         self._arrive(_FileChange(key, new_path, self._current.get(ev.pid)))
 
     def _llm(self, ev: LlmCall) -> None:
@@ -578,25 +639,35 @@ class Correlator:
     def _agent_pids(self, item: _Item) -> list[int]:
         """The processes above the item that made LLM calls, nearest first
         (for a file change, its writer too: file tools)."""
+        agents = self._agents
+        seen = item.agents_seen
+        if seen is not None and seen[0] == len(agents):
+            return seen[1]
+        found = self._find_agent_pids(item)
+        item.agents_seen = (len(agents), found)
+        return found
+
+    def _find_agent_pids(self, item: _Item) -> list[int]:
+        agents = self._agents
         if isinstance(item, Process):
-            chain = self._chain(item.parent)
             own = item.key.pid
+            lineage = item.parent.lineage() if item.parent is not None else ()
         else:
-            chain = self._chain(item.proc)
             own = -1
-            if item.proc is None and item.key.pid in self._agents:
-                return [item.key.pid]
-        out: list[int] = []
-        for p in chain:
-            pid = p.key.pid
-            if pid in self._agents and pid != own and pid not in out:
-                out.append(pid)
-        return out
+            if item.proc is None:
+                return [item.key.pid] if item.key.pid in agents else []
+            lineage = item.proc.lineage()
+        return [pid for pid in lineage if pid in agents and pid != own]
 
     def _blocker(self, item: _Item) -> _ToolCall | Process | str | None:
-        if self._first_call is None and not self._closed:
-            return _FIRST
         when = item.when
+        if self._first_call is None and not self._closed:
+            # Start-up can be told before any call arrives for what came
+            # before the first TLS write; without roots, what no agent started
+            # is nobody's.
+            if self.roots is not None and (self._first_send is None or when >= self._first_send):
+                return _FIRST
+            return _LATER if when + REORDER_NS > self._max_ts else None
         agents = self._agent_pids(item)
         for pid in agents:
             for tc in self._agents[pid].open:
@@ -627,11 +698,9 @@ class Correlator:
         else:
             self._decide_file(item)
 
-    def _in_tree(self, chain: list[Process], pid: int) -> bool:
-        pids = {p.key.pid for p in chain} | {pid}
-        if self.roots is not None:
-            return bool(pids & self.roots)
-        return bool(pids & self._agents.keys())
+    def _in_tree(self, p: Process | None, pid: int) -> bool:
+        within = self.roots if self.roots is not None else self._agents.keys()
+        return pid in within or (p is not None and any(q in within for q in p.lineage()))
 
     def _own(self, pid: int) -> bool:
         """The agent's own processes: the recorded command and the LLM callers."""
@@ -665,17 +734,17 @@ class Correlator:
                 tc.shells += 1
             self._out.append(Link(when, tc.ref, p.key, best.evidence, best.role))
             return
-        if p.argv is None or self._own(p.key.pid) or not self._in_tree(self._chain(p.parent), p.key.pid):
+        if p.argv is None or self._own(p.key.pid) or not self._in_tree(p.parent, p.key.pid):
             return
         self._flag(when, p.key)
 
     def _flag(self, when: int, target: ProcessKey | FileKey) -> None:
-        if self._first_call is None:
-            self._out.append(Unexplained(when, target, "no LLM call was seen in this recording"))
-        elif when < self._first_call:
+        if self._first_call is not None and when >= self._first_call:
+            self._out.append(Unexplained(when, target, "no tool call explains it"))
+        elif self._first_call is not None or (self._first_send is not None and when < self._first_send):
             self._out.append(Startup(when, target))
         else:
-            self._out.append(Unexplained(when, target, "no tool call explains it"))
+            self._out.append(Unexplained(when, target, "no LLM call was seen in this recording"))
 
     def _process_candidate(self, p: Process, tc: _ToolCall, linked: Process | None) -> _Candidate | None:
         evidence: dict[str, str | float] = {}
@@ -686,7 +755,7 @@ class Correlator:
         argv = p.argv
         matched_command = False
         if argv is not None and in_window:
-            found = self._argv_match(argv, tc)
+            found = self._argv_match(p, argv, tc)
             if found is not None:
                 score, why, role, whole, matched_command = found
                 evidence["arguments"] = why
@@ -713,7 +782,7 @@ class Correlator:
             evidence["lineage"] = f"descendant of pid {tc.agent}, which made the LLM call"
         return _Candidate(score, tc, evidence, role, whole, inherits)
 
-    def _argv_match(self, argv: list[str], tc: _ToolCall) -> tuple[float, str, str, bool, bool] | None:
+    def _argv_match(self, p: Process, argv: list[str], tc: _ToolCall) -> tuple[float, str, str, bool, bool] | None:
         """(score, why, role, whole command, one of its commands) when argv is what the tool asked to run."""
         forms = argv_forms(argv)
         shell = next((found for found in map(shell_script, forms) if found is not None), None)
@@ -740,7 +809,7 @@ class Correlator:
                 if how is None:
                     continue
                 tier, detail = how
-                score = _EMBEDS + tier / 10 - claimed
+                score = _EMBEDS + tier / 10 - claimed + _specific(c.text)
                 exact = tier == 3 and detail == "it is the tool's command"
                 why = (f"the tool's command ({c.where}) is this shell's script" if exact else
                        f"the tool's command ({c.where}) is embedded in this shell's script ({detail})")
@@ -748,20 +817,41 @@ class Correlator:
                     best = (score, why, "shell", exact and not login, False)
         if best is not None:
             return best
+        names = {os.path.basename(a) for f in forms for a in f[:3]}
         for c in tc.commands:
-            for command in c.script.commands:
-                for form in command.forms:
+            for name in names:
+                for command_text, form in c.by_program.get(name, ()):
                     tier = max((match_argv(form, f) for f in forms), default=0)
-                    if tier and (best is None or _A_COMMAND + tier / 10 > best[0]):
-                        text = _short(command.text)
+                    score = _A_COMMAND + tier / 10 + _specific(command_text)
+                    if tier and (best is None or score > best[0]):
+                        text = _short(command_text)
                         why = (f"argv is `{text}`, a command of the tool's command ({c.where})" if tier == 3 else
                                f"runs `{text}`, a command of the tool's command ({c.where})")
-                        best = (_A_COMMAND + tier / 10, why, "command", False, True)
+                        best = (score, why, "command", False, True)
         if best is not None:
             return best
+        written = self._script_written(p, forms, tc)
+        if written is not None:
+            return written
         weak = _argv_evidence(argv, tc.strings)
         if weak is not None and not tc.commands:
             return (_ARGV_IS if weak[0] == 3 else _WEAK, weak[1], "command", False, True)
+        return None
+
+    def _script_written(self, p: Process, forms: list[list[str]], tc: _ToolCall
+                        ) -> tuple[float, str, str, bool, bool] | None:
+        """A program run on a file the agent wrote after the response: the tool's
+        command written to a script (`bash /tmp/cmd.sh`, `python /tmp/cell.py`)."""
+        for f in forms:
+            for arg in f[1:3]:
+                if arg.startswith("-"):
+                    continue
+                path = os.path.normpath(os.path.join(p.cwd or "/", arg))
+                ts = self._agent_writes.get((tc.agent, path))
+                if ts is not None and tc.start <= ts <= p.when:
+                    role = "shell" if shell_script([f[0], "-c", ""]) is not None else "command"
+                    return (_SCRIPT, f"runs {arg}, a script the agent (pid {tc.agent}) wrote after the response "
+                            f"({round((ts - tc.start) / 1e6, 1)} ms)", role, False, role == "command")
         return None
 
     def _decide_file(self, f: _FileChange) -> None:
@@ -772,14 +862,15 @@ class Correlator:
             best = self._file_candidate(f, writer.link, writer)
         for pid in self._agent_pids(f):
             for tc in self._agents[pid].windows_at(key.ts):
-                c = self._file_candidate(f, tc, writer if writer is not None and writer.link is tc else None)
+                if writer is not None and writer.link is tc:
+                    continue  # weighed above
+                c = self._file_candidate(f, tc, None)
                 if c is not None and (best is None or _better(c, best)):
                     best = c
         if best is not None:
             self._out.append(Link(key.ts, best.tool_call.ref, key, best.evidence, best.role))
             return
-        chain = self._chain(writer)
-        if self._own(key.pid) or not self._in_tree(chain, key.pid):
+        if self._own(key.pid) or not self._in_tree(writer, key.pid):
             return
         self._flag(key.ts, key)
 
@@ -805,16 +896,14 @@ class Correlator:
                 score += _REDIRECT
                 evidence["arguments"] = (f"a redirect target of the tool's command ({redirect[0]}): "
                                          f"`{_short(redirect[1].text)}`")
-            else:
-                word = _path_word_of(paths, tc)
-                if word is not None:
-                    score += _A_PATH
-                    evidence["arguments"] = f"a path in the tool's command ({word[0]}): {_short(word[1], 60)}"
-                elif in_window:
-                    why = next((w for w in (_path_evidence(p, tc.strings) for p in paths) if w), None)
-                    if why is not None:
-                        score += _WEAK
-                        evidence["arguments"] = why
+            elif (word := _path_word_of(paths, tc)) is not None:
+                score += _A_PATH
+                evidence["arguments"] = f"a path in the tool's command ({word[0]}): {_short(word[1], 60)}"
+            elif in_window and writer is None:  # a linked command's own files are its, whatever their name
+                why = next((w for w in (_path_evidence(p, tc.strings) for p in paths) if w), None)
+                if why is not None:
+                    score += _WEAK
+                    evidence["arguments"] = why
         if score <= 0 or (writer is None and key.pid != tc.agent and not self._descends(f, tc.agent)):
             return None
         if writer is not None and "arguments" not in evidence:
@@ -829,7 +918,7 @@ class Correlator:
         return _Candidate(score, tc, evidence, role)
 
     def _descends(self, f: _FileChange, agent: int) -> bool:
-        return any(p.key.pid == agent for p in self._chain(f.proc))
+        return f.proc is not None and agent in f.proc.lineage()
 
     def _file_tool_evidence(self, f: _FileChange, tc: _ToolCall) -> str | None:
         key = f.key
@@ -857,13 +946,11 @@ def _redirect_of(paths: list[str], tc: _ToolCall) -> tuple[str, Redirect] | None
 
 
 def _path_word_of(paths: list[str], tc: _ToolCall) -> tuple[str, str] | None:
+    names = {os.path.basename(p) for p in paths}
     for c in tc.commands:
-        for command in c.script.commands:
-            for w in command.words[1:]:
-                literal = w.literal
-                if literal and not literal.startswith("-") and ("/" in literal or "." in literal) \
-                        and any(_path_matches(p, literal) for p in paths):
-                    return c.where, literal
+        for literal in c.path_words:
+            if os.path.basename(literal.rstrip("/")) in names and any(_path_matches(p, literal) for p in paths):
+                return c.where, literal
     return None
 
 

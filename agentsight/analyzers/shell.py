@@ -45,16 +45,15 @@ _ARGUMENT_SKIP = frozenset(("variable_assignment", "file_redirect", "heredoc_red
 
 @dataclass(frozen=True, slots=True)
 class Word:
-    """One shell word: literal pieces, None where the shell expands."""
+    """One shell word: literal pieces, None where the shell expands;
+    `literal`, the word's value when nothing in it is expanded."""
 
     parts: tuple[str | None, ...]
+    literal: str | None = field(init=False, compare=False, repr=False)
 
-    @property
-    def literal(self) -> str | None:
-        """The word's value, when nothing in it is expanded."""
-        if None in self.parts:
-            return None
-        return "".join(p for p in self.parts if p is not None)
+    def __post_init__(self) -> None:
+        literal = None if None in self.parts else "".join(p for p in self.parts if p is not None)
+        object.__setattr__(self, "literal", literal)
 
     def matches(self, value: str) -> bool:
         literal = self.literal
