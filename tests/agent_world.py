@@ -17,7 +17,7 @@ from typing import Any
 
 from agentsight.analyzers.correlate import Correlator
 from agentsight.events import (
-    Exec, Exit, FileOp, Fork, Link, LlmCall, LlmResponse, Open, ProcessKey, Startup, ToolCall, ToolResult,
+    Exec, Exit, FileOp, Fork, Link, LlmCall, LlmResponse, Open, ProcessKey, Startup, TlsData, ToolCall, ToolResult,
     Unexplained,
 )
 
@@ -109,6 +109,9 @@ class World:
         """One LLM call by pid: its request carries `results` (tool call ids)
         back; its response asks for `tools`."""
         started = self.tick(1)
+        # the request's first bytes and the response's last, as the TLS probes see them
+        self.events.append(TlsData(started, pid, pid, "agent", 1000, fn="SSL_write", dir="send", conn=1, len=4,
+                                   data=b"POST"))
         if request is None:
             if results:
                 self.history.append({"role": "user", "content": [
@@ -118,6 +121,8 @@ class World:
             request = {"model": "claude-test", "max_tokens": 100, "messages": list(self.history)}
         first = started + int(first_token_ms * 1_000_000) if first_token_ms is not None else None
         ended = self.tick(ms)
+        self.events.append(TlsData(ended, pid, pid, "agent", 1000, fn="SSL_read", dir="recv", conn=1, len=1,
+                                   data=b"}"))
         response = LlmResponse(text=text, tool_calls=[ToolCall(i, n, a) for i, n, a in tools])
         if append and request is not None and self.api == "messages":
             blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []

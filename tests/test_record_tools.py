@@ -190,3 +190,85 @@ def test_wrapped_tool_commands_and_a_file_tool_are_linked(world, tmp_path):
         assert "shell  " in block and "ran    curl" in block and f"write  {work}/{shape}.txt" in block
     assert f"wrapper: write  {work}/agent-cwd" in text
     assert "Unexplained activity\n  none" in text
+
+
+KILLED_AGENT = textwrap.dedent(
+    r"""
+    import json, ssl, subprocess, sys, time, urllib.request
+    base, ca, work = sys.argv[1:4]
+    ctx = ssl.create_default_context(cafile=ca)
+
+    def ask(messages):
+        body = json.dumps({"model": "claude-test", "max_tokens": 100, "messages": messages}).encode()
+        req = urllib.request.Request(base + "/v1/messages", data=body, headers={
+            "content-type": "application/json", "x-api-key": "sk-test", "anthropic-version": "2023-06-01"})
+        with urllib.request.urlopen(req, context=ctx) as r:
+            return json.load(r)
+
+    messages = [{"role": "user", "content": "note it"}]
+    reply = ask(messages)
+    use = next(b for b in reply["content"] if b["type"] == "tool_use")
+    quoted = use["input"]["command"].replace("'", "'\\''")
+    subprocess.run(["/bin/bash", "-c", f"eval '{quoted}' < /dev/null && pwd -P >| {work}/agent-cwd"])
+    messages += [{"role": "assistant", "content": reply["content"]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": ""}]}]
+    ask(messages)
+    print("asked", flush=True)
+    time.sleep(60)  # still running when the recorder is killed
+    """
+)
+
+
+def test_a_killed_recording_keeps_the_links_decided_so_far(world, tmp_path):
+    """Links are made as the recording goes: once the result went back, a
+    recorder killed with SIGKILL a commit later has stored them."""
+    import signal
+    import sqlite3
+    import time
+
+    work, mock = world["dir"], world["mock"]
+    command = f"echo \"it's noted\" > {work}/note.txt"
+    mock.queue = [Script(text="", tool_name="Bash", tool_args={"command": command}, tool_id="toolu_note"),
+                  Script(text="Noted.")]
+    agent = work / "agent.py"
+    agent.write_text(KILLED_AGENT)
+    agent.chmod(0o644)
+    session = tmp_path / "session.db"
+    env = dict(os.environ, SUDO_UID=str(NOBODY), SUDO_GID=str(NOBODY), SUDO_USER="nobody")
+    proc = subprocess.Popen([sys.executable, "-m", "agentsight", "record", "--no-live", "-o", str(session), "--",
+                             "/usr/bin/python3", str(agent), mock.base_url, str(world["ca"]), str(work)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "asked"
+        deadline = time.monotonic() + 20
+        linked = 0
+        while time.monotonic() < deadline and not linked:
+            time.sleep(0.3)
+            db = sqlite3.connect(session)
+            try:
+                linked = db.execute("SELECT COUNT(*) FROM links").fetchone()[0]
+            except sqlite3.OperationalError:
+                linked = 0
+            db.close()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        db = sqlite3.connect(session)
+        for (pid,) in db.execute("SELECT DISTINCT pid FROM processes WHERE end_ns IS NULL"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        db.close()
+    report = json.loads(subprocess.run([sys.executable, "-m", "agentsight", "report", str(session), "--json"],
+                                       capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    assert report["session"]["status"] == "recording"
+    (tool,) = [tc for c in report["llm_calls"] for tc in c["tool_calls"]]
+    roles = {(a["kind"], a["path"] if a["kind"] == "file" else a["argv"][0]): a["role"] for a in tool["activity"]}
+    assert roles[("process", "/bin/bash")] == "shell"
+    assert roles[("file", str(work / "note.txt"))] == "command"
+    assert roles[("file", str(work / "agent-cwd"))] == "wrapper"
+    assert tool["result"]["duration_ms"] > 0

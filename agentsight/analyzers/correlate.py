@@ -564,6 +564,10 @@ class Correlator:
             self._first_call = ev.started_ns
             self._ready.extend(self._before_first)
             self._before_first = []
+        # What waited for later events may be decidable now: before this call's
+        # start nothing new can come from its process.
+        self._ready.extend(item for _, _, item in self._later)
+        self._later = []
 
     def _results(self, agent: _Agent, ev: LlmCall) -> None:
         """The tool results this request carries back: each ends its tool
