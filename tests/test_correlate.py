@@ -582,3 +582,19 @@ def test_shell_helpers():
     assert [(r.op, r.target.literal) for r in tree.redirects] == [(">", "f.txt"), ("tee -a", "log")]
     assert [w.show() for w in tree.commands[1].forms[-1]] == ["curl", "y"]
     assert parse("echo \"unterminated").errors
+
+
+def test_evidence_quotes_no_secret():
+    w = World()
+    agent = w.start_agent(["agent"])
+    secret = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345"
+    command = f"curl -s -H 'x-api-key: {secret}' {URL}"
+    w.llm(agent, tools=[("t1", "bash", {"command": command})])
+    shell = w.spawn(agent, eval_wrapper(command))
+    curl = w.spawn(shell, ["curl", "-s", "-H", f"x-api-key: {secret}", URL])
+    w.exit(curl)
+    w.exit(shell)
+    w.llm(agent, results=["t1"])
+    out = w.correlate(roots={agent})
+    why = process_links(out)[curl].evidence["arguments"]
+    assert "a command of the tool's command" in why and secret not in why and "[REDACTED]" in why

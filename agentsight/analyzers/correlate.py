@@ -54,6 +54,7 @@ from ..events import (
     ToolCallRef, ToolResult, Unexplained,
 )
 from . import providers
+from .redact import redact_text
 from .shell import Redirect, Script, Word, argv_forms, embedding, match_argv, parse, shell_script
 
 MAX_DEPTH = 64
@@ -292,7 +293,9 @@ def _specific(text: str) -> float:
 
 
 def _short(text: str, n: int = 80) -> str:
-    text = " ".join(text.split())
+    """Command text quoted in evidence: on one line, cut, secrets out (the
+    evidence is not redacted on its way out, unlike argv and arguments)."""
+    text = " ".join(redact_text(text).split())
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
