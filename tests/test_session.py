@@ -108,13 +108,13 @@ def test_report_renders_what_was_stored(session):
     assert tc["activity"][0]["evidence"]["arguments"] == "argv is arguments.command"
     assert second["text"] == "done" and second["tool_calls"] == []
     assert report["unexplained"]["files"] == [{"op": "unlink", "path": "/w/stray", "new_path": None, "pid": AGENT,
-                                               "reason": "no tool call explains it"}]
+                                               "ts": T0 + 60, "reason": "no tool call explains it"}]
     assert report["unexplained"]["processes"] == []
     assert report["totals"]["tokens_by_model"] == {"claude-x": {"input": 20, "output": 8}}
     assert "2 records (300 bytes) were lost in a full ring buffer" in report["session"]["incomplete"][0]
     text = render_text(report)
-    assert "tool call bash" in text and "ran   sh -c 'echo hi > out.txt; curl -s x'" in text
-    assert "write /w/out.txt" in text and "unlink /w/stray (pid 100)" in text
+    assert "tool call bash" in text and "ran    sh -c 'echo hi > out.txt; curl -s x'" in text
+    assert "write  /w/out.txt" in text and "unlink /w/stray  (pid 100)" in text
 
 
 def test_export_is_every_event_in_time_order(session):
