@@ -598,3 +598,30 @@ def test_evidence_quotes_no_secret():
     out = w.correlate(roots={agent})
     why = process_links(out)[curl].evidence["arguments"]
     assert "a command of the tool's command" in why and secret not in why and "[REDACTED]" in why
+
+
+@pytest.mark.parametrize("argv", [
+    ["/bin/bash", "-c", 'eval "$AGENT_CMD"'],  # the command in an environment variable
+    ["/bin/bash", "-s"],  # on stdin
+    ["/bin/bash", "-c", 'eval "$(echo bHMgL3cgPiAvdy9sLnR4dA== | base64 -d)"'],  # encoded
+])
+def test_a_shell_that_does_not_show_the_command_is_known_by_its_children(argv):
+    w = World()
+    agent = w.start_agent(["agent"])
+    w.llm(agent, tools=[("t1", "bash", {"command": "ls /w > /w/l.txt"})])
+    shell = w.spawn(agent, argv)
+    helper = w.spawn(shell, ["base64", "-d"]) if "base64" in argv[-1] else None
+    w.write(shell, "/w/l.txt")
+    ls = w.spawn(shell, ["ls", "/w"])
+    w.exit(ls)
+    w.exit(shell)
+    w.llm(agent, results=["t1"])
+    out = w.correlate(roots={agent})
+    procs = process_links(out)
+    assert procs[shell].role == "shell" and procs[shell].evidence["arguments"].startswith(
+        f"its child pid {ls} runs `ls /w`, a command of the tool's command (arguments.command)")
+    assert procs[ls].role == "command"
+    if helper:
+        assert procs[helper].role == "wrapper"
+    assert file_links(out)["write /w/l.txt"].role == "command"
+    assert unexplained(out) == []

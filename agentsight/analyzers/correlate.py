@@ -23,7 +23,10 @@ command did: its prelude and epilogue, a login shell's profile).
   and VAR=value prefixes); a file that is one of the command's redirect
   targets (`>`, `>>`, `>|`, `tee`), or a path argument of a file tool
   (`file_path`, `path`, …, the files of a diff or an apply_patch body),
-  also when it is written as a temporary file renamed over that path.
+  also when it is written as a temporary file renamed over that path. A
+  shell whose argv does not show the command (it came in an environment
+  variable, on stdin, encoded, or in a script file the agent wrote) is known
+  by its children running the command's commands, or by that script file.
 
 Activity of the agent's tree that no tool call explains is `Unexplained`
 (the "agent ran curl by itself" case); before the agent's first LLM call it
@@ -55,7 +58,7 @@ from ..events import (
 )
 from . import providers
 from .redact import redact_text
-from .shell import Redirect, Script, Word, argv_forms, embedding, match_argv, parse, shell_script
+from .shell import SHELLS, Redirect, Script, Word, argv_forms, embedding, match_argv, parse, shell_script
 
 MAX_DEPTH = 64
 MAX_PROCESSES = 1 << 20  # programs remembered; beyond this new ones are counted, not linked
@@ -87,6 +90,7 @@ _FILE_TOOL = 9.0  # the agent wrote the file a file tool named
 _INHERITS = 5.0  # started (or exec'd) by a process linked to the tool call
 _SCRIPT = 7.0  # runs a script the agent wrote after the response
 _A_COMMAND = 6.0  # argv is one of the tool's command's simple commands
+_ITS_CHILDREN = 5.5  # a shell whose children run the tool's commands (its script does not show the command)
 _REDIRECT = 4.0  # a redirect target of the tool's command
 _A_PATH = 3.0  # a path among the tool's command's words
 _WRITER_LINKED = 8.0  # written by a process linked to the tool call
@@ -319,6 +323,7 @@ class Process:
     role: str = ""
     whole_command: bool = False  # a shell whose script is exactly the tool's command (not a login shell)
     waiting: list[_Item] = field(default_factory=list)
+    children: list[Process] = field(default_factory=list)
     _lineage: tuple[int, ...] | None = None
     agents_seen: tuple[int, list[int]] | None = None  # (agents known then, the agents above it)
 
@@ -508,6 +513,8 @@ class Correlator:
             return
         self._kept += 1
         self._current[p.key.pid] = p
+        if p.parent is not None and p.previous is None:
+            p.parent.children.append(p)
         self._arrive(p)
 
     def _exit(self, ev: Exit) -> None:
@@ -743,7 +750,44 @@ class Correlator:
             return
         if p.argv is None or self._own(p.key.pid) or not self._in_tree(p.parent, p.key.pid):
             return
+        adopted = self._shell_of_children(p)
+        if adopted is not None:
+            p.link, p.role = adopted.tool_call, "shell"
+            adopted.tool_call.shells += 1
+            self._out.append(Link(when, adopted.tool_call.ref, p.key, adopted.evidence, "shell"))
+            return
         self._flag(when, p.key)
+
+    def _shell_of_children(self, p: Process) -> _Candidate | None:
+        """A shell whose script does not show the tool's command (it came in
+        an environment variable, on stdin, encoded) but whose children run
+        the command's commands: the tool call's shell all the same."""
+        assert p.argv is not None
+        if not any(os.path.basename(f[0]).lstrip("-") in SHELLS for f in argv_forms(p.argv) if f):
+            return None
+        best: _Candidate | None = None
+        for pid in self._agent_pids(p):
+            for tc in self._agents[pid].windows_at(p.when):
+                todo, seen = list(p.children), 0
+                while todo and seen < 64:
+                    child = todo.pop(0)
+                    seen += 1
+                    todo += child.children
+                    if child.argv is None:
+                        continue
+                    found = _command_match(argv_forms(child.argv), tc)
+                    if found is None:
+                        continue
+                    score = _ITS_CHILDREN + found[0] - _A_COMMAND
+                    if best is None or score > best.score:
+                        evidence: dict[str, str | float] = {
+                            "arguments": (f"its child pid {child.key.pid} runs `{found[2]}`, a command of the tool's "
+                                          f"command ({found[3]}); this shell's argv does not show the command"),
+                            "after_llm_call_ms": round((p.when - tc.start) / 1e6, 1),
+                            "lineage": f"descendant of pid {tc.agent}, which made the LLM call"}
+                        best = _Candidate(score, tc, evidence, "shell")
+                    break
+        return best
 
     def _flag(self, when: int, target: ProcessKey | FileKey) -> None:
         if self._first_call is not None and when >= self._first_call:
@@ -824,19 +868,12 @@ class Correlator:
                     best = (score, why, "shell", exact and not login, False)
         if best is not None:
             return best
-        names = {os.path.basename(a) for f in forms for a in f[:3]}
-        for c in tc.commands:
-            for name in names:
-                for command_text, form in c.by_program.get(name, ()):
-                    tier = max((match_argv(form, f) for f in forms), default=0)
-                    score = _A_COMMAND + tier / 10 + _specific(command_text)
-                    if tier and (best is None or score > best[0]):
-                        text = _short(command_text)
-                        why = (f"argv is `{text}`, a command of the tool's command ({c.where})" if tier == 3 else
-                               f"runs `{text}`, a command of the tool's command ({c.where})")
-                        best = (score, why, "command", False, True)
-        if best is not None:
-            return best
+        matched = _command_match(forms, tc)
+        if matched is not None:
+            score, tier, text, where = matched
+            why = (f"argv is `{text}`, a command of the tool's command ({where})" if tier == 3 else
+                   f"runs `{text}`, a command of the tool's command ({where})")
+            return score, why, "command", False, True
         written = self._script_written(p, forms, tc)
         if written is not None:
             return written
@@ -942,6 +979,21 @@ class Correlator:
                         if _path_matches(to, named):
                             return f"a temporary file pid {key.pid} renamed over {to} (path is {where})"
         return None
+
+
+def _command_match(forms: list[list[str]], tc: _ToolCall) -> tuple[float, int, str, str] | None:
+    """(score, tier, command text, where) when one of the argv forms is a
+    simple command of the tool's command (`match_argv`)."""
+    best: tuple[float, int, str, str] | None = None
+    names = {os.path.basename(a) for f in forms for a in f[:3]}
+    for c in tc.commands:
+        for name in names:
+            for command_text, form in c.by_program.get(name, ()):
+                tier = max((match_argv(form, f) for f in forms), default=0)
+                score = _A_COMMAND + tier / 10 + _specific(command_text)
+                if tier and (best is None or score > best[0]):
+                    best = (score, tier, _short(command_text), c.where)
+    return best
 
 
 def _redirect_of(paths: list[str], tc: _ToolCall) -> tuple[str, Redirect] | None:
