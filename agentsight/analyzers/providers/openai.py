@@ -295,7 +295,10 @@ _MODEL_ITEMS = ("function_call", "custom_tool_call", "local_shell_call", "comput
 def responses_input(body: Any) -> RequestInput:
     """Responses: `function_call_output` items (and the custom, local shell
     and computer kinds) by `call_id`; the last user text."""
-    items = as_dict(body).get("input")
+    body = as_dict(body)
+    if "input" not in body and isinstance(body.get("response"), dict):  # a WebSocket message of another shape
+        body = body["response"]
+    items = body.get("input")
     if isinstance(items, str):
         return RequestInput(items, "input")
     items = as_list(items)
