@@ -372,7 +372,6 @@ class _Agent:
     """A process that made LLM calls, and the tool calls it was asked for."""
 
     pid: int
-    calls: list[tuple[int, int]] = field(default_factory=list)  # (started_ns, ended_ns)
     tool_calls: list[_ToolCall] = field(default_factory=list)  # by start
     starts: list[int] = field(default_factory=list)
     open: list[_ToolCall] = field(default_factory=list)
@@ -401,7 +400,6 @@ class _Candidate:
     evidence: dict[str, str | float]
     role: str
     whole_command: bool = False
-    inherited: bool = False
 
 
 _FIRST = "first"  # waiting for the first LLM call
@@ -556,7 +554,6 @@ class Correlator:
         agent = self._agents.get(ev.pid)
         if agent is None:
             agent = self._agents[ev.pid] = _Agent(ev.pid)
-        agent.calls.append((ev.started_ns, ev.ended_ns))
         agent.last_started = max(agent.last_started, ev.started_ns)
         if ev.ended_ns > self._max_ts and not self._closed:
             self._max_ts = ev.ended_ns
@@ -831,7 +828,7 @@ class Correlator:
         if in_window:
             evidence["after_llm_call_ms"] = round((p.when - tc.start) / 1e6, 1)
             evidence["lineage"] = f"descendant of pid {tc.agent}, which made the LLM call"
-        return _Candidate(score, tc, evidence, role, whole, inherits)
+        return _Candidate(score, tc, evidence, role, whole)
 
     def _argv_match(self, p: Process, argv: list[str], tc: _ToolCall) -> tuple[float, str, str, bool, bool] | None:
         """(score, why, role, whole command, one of its commands) when argv is what the tool asked to run."""
