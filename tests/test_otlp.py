@@ -348,8 +348,8 @@ def _container_cgroup(container: str) -> Path:
 
 def test_trace_otlp_live_names_the_container(capture, world, tmp_path):
     """`trace --otlp` while an agent runs in a container's cgroup: its trace
-    carries container.id, and what correlation links only when the capture
-    ends still lands under the tool call."""
+    carries container.id, and what correlation links lands under the tool
+    call, whenever the link is made."""
     receiver = OtlpReceiver()
     container = secrets.token_hex(32)
     cgroup = _container_cgroup(container)
@@ -386,8 +386,9 @@ def test_trace_otlp_live_names_the_container(capture, world, tmp_path):
         below_tool = [s for _, s in spans.values() if s["parent_id"] == tool["span_id"]]
         assert [s["name"] for s in below_tool] == ["process sh"], names
         assert below_tool[0]["attributes"]["agentsight.link.evidence.arguments"] == "argv is arguments.command"
-        # Linked when the capture ended, after their tool call's span had gone out: still below it.
-        assert below_tool[0]["request"] > tool["request"]
+        # Linked while the capture runs (once the result went back), in the
+        # tool call's export request or a later one: below it either way.
+        assert below_tool[0]["request"] >= tool["request"]
         subtree = [s for _, s in spans.values() if s["parent_id"] == below_tool[0]["span_id"]] + below_tool
         writes = [(e[0], e[2]["file.path"]) for s in subtree for e in s["events"]]
         assert writes == [("file.write", str(world["note"]))]
