@@ -201,11 +201,20 @@ class LibraryAnalyzer:
 
     def _stripped_boringssl(self, f, path: str, bid: str | None) -> TlsLibrary | None:
         if bid is None:
-            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
-                if data.find(boringssl.FILE_NAME) < 0:
-                    return None
-                # No build id: identify the build by its content.
-                bid = "sha256:" + hashlib.sha256(data).hexdigest()
+            # No build id: identify the build by its content, read in pieces
+            # (a 300 MB executable is not held in memory at once).
+            digest = hashlib.sha256()
+            found = False
+            tail = b""
+            f.seek(0)
+            while piece := f.read(8 << 20):
+                found = found or boringssl.FILE_NAME in tail + piece[:len(boringssl.FILE_NAME)] \
+                    or boringssl.FILE_NAME in piece
+                tail = piece[-len(boringssl.FILE_NAME):]
+                digest.update(piece)
+            if not found:
+                return None
+            bid = "sha256:" + digest.hexdigest()
             cached = self._cached(bid)
             if cached is not None:
                 if cached.error:

@@ -25,6 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 _CHUNK = 1 << 18
+_SCAN_PIECE = 8 << 20  # a data segment is searched this much at a time
 
 # Register families: every name of a general-purpose register -> (index, width).
 _FAMILY: dict[str, tuple[int, int]] = {}
@@ -99,6 +100,16 @@ class Image:
     def __exit__(self, *_exc) -> None:
         self.close()
 
+    def release(self, start: int, end: int) -> None:
+        """Scanned file offsets [start, end): their pages leave this
+        process's memory (they stay in the page cache, and fault back in if
+        read again), so scanning a 300 MB executable never holds 300 MB."""
+        page = mmap.PAGESIZE
+        a = start - start % page
+        b = min(end - end % page, len(self.data))
+        if b > a:
+            self.data.madvise(mmap.MADV_DONTNEED, a, b - a)
+
     def offset(self, va: int) -> int | None:
         for vaddr, off, size, _ in self.segments:
             if vaddr <= va < vaddr + size:
@@ -116,9 +127,17 @@ class Image:
         for vaddr, off, size, executable in self.segments:
             if executable:
                 continue
-            for m in pattern.finditer(self.data, off, off + size):
-                start = max(self.data.rfind(b"\0", off, m.start()) + 1, off)
-                found.append(vaddr + start - off)
+            end = off + size
+            p = off
+            while p < end:  # in pieces, each released once searched
+                stop = min(p + _SCAN_PIECE, end)
+                for m in pattern.finditer(self.data, p, min(stop + len(suffix), end)):
+                    if m.start() >= stop:
+                        break
+                    start = max(self.data.rfind(b"\0", off, m.start()) + 1, off)
+                    found.append(vaddr + start - off)
+                self.release(p, stop)
+                p = stop
         return found
 
     # --- decoding ---
@@ -455,14 +474,22 @@ def references(image: Image, target: int) -> list[int]:
     if image.fixed_address and target < 1 << 31:
         needle = re.compile(re.escape(struct.pack("<I", target)))
         for va, off, size in image.code:
-            for m in needle.finditer(data, off + 1, off + size):
-                i = m.start()
-                op = data[i - 1]
-                if 0xB8 <= op <= 0xBF:  # mov r32, imm32 (41 prefix: r8d-r15d)
-                    sites.add(va - off + i - 1 - (data[i - 2] == 0x41))
-                elif (i - 3 >= off and data[i - 2] == 0xC7 and 0xC0 <= op <= 0xC7
-                      and data[i - 3] in (0x48, 0x49)):  # mov r64, simm32
-                    sites.add(va - off + i - 3)
+            end = off + size
+            p = off + 1
+            while p < end:  # in pieces, each released once searched
+                stop = min(p + _SCAN_PIECE, end)
+                for m in needle.finditer(data, p, min(stop + 4, end)):
+                    i = m.start()
+                    if i >= stop:
+                        break
+                    op = data[i - 1]
+                    if 0xB8 <= op <= 0xBF:  # mov r32, imm32 (41 prefix: r8d-r15d)
+                        sites.add(va - off + i - 1 - (data[i - 2] == 0x41))
+                    elif (i - 3 >= off and data[i - 2] == 0xC7 and 0xC0 <= op <= 0xC7
+                          and data[i - 3] in (0x48, 0x49)):  # mov r64, simm32
+                        sites.add(va - off + i - 3)
+                image.release(p - 3, stop)
+                p = stop
         # Code compiled for a fixed address loads addresses as immediates;
         # only code compiled position-independent would use the other form.
         if len(sites) >= 3:
@@ -486,6 +513,7 @@ def references(image: Image, target: int) -> list[int]:
                 (disp,) = struct.unpack_from("<i", data, q + 2)
                 if q + 6 + delta + disp == target and q > off and data[q - 1] & 0xF8 == 0x48:
                     sites.add(q - 1 + delta)
+            image.release(p, stop)
             p = stop
     return sorted(sites)
 
@@ -531,6 +559,7 @@ def branches_into(image: Image, windows: Iterable[tuple[int, int]], opcodes: byt
                     i = bisect.bisect_right(starts, t) - 1
                     if i >= 0 and t < ends[i]:
                         found.append((q + delta, t))
+            image.release(p, stop)
             p = stop
     return found
 
