@@ -2,17 +2,30 @@
 their rings, decode, detach."""
 from __future__ import annotations
 
+import bisect
 import sys
 import time
 
 from ..bpf.object import detach_all
 from ..bpf.preflight import check_can_trace
 from ..bpf.ring import RingReader
-from ..events import RawEvent
+from ..events import RawEvent, TlsData
 from .base import Collector
 from .decode import RecordDecoder
 
 POLL_MS = 100
+# Events are handed on this long after they happened, in the order their
+# data moved: a thread preempted between its send and the probe at its
+# return is reported after the answer another thread already read.
+REORDER_NS = 250_000_000
+
+
+def data_time(ev: RawEvent) -> int:
+    """When an event's data moved: a write's plaintext was handed over when
+    the call began, everything else is reported when it returns."""
+    if type(ev) is TlsData and ev.dir == "send":  # type: ignore[attr-defined]
+        return ev.ts - ev.latency_ns  # type: ignore[attr-defined]
+    return ev.ts
 
 
 class LiveCapture:
@@ -28,6 +41,7 @@ class LiveCapture:
         self.reader = RingReader()
         self._started = 0.0
         self._detached = False
+        self._held: list[RawEvent] = []  # decoded, not yet REORDER_NS old
 
     def start(self) -> str:
         check_can_trace()
@@ -41,8 +55,16 @@ class LiveCapture:
 
     def read(self, timeout: float) -> list[RawEvent] | None:
         records = self.reader.poll(int(timeout * 1000))
-        events = self.decoder.decode(records) if records else []
-        return events + self.decoder.flush(older_than=RecordDecoder.STALE_SECONDS)
+        events = self._held
+        if records:
+            events += self.decoder.decode(records)
+        events += self.decoder.flush(older_than=RecordDecoder.STALE_SECONDS)
+        if not events:
+            return events
+        events.sort(key=data_time)  # nearly sorted already: linear
+        ready = bisect.bisect_left(events, time.time_ns() - REORDER_NS, key=data_time)
+        self._held = events[ready:]
+        return events[:ready]
 
     def stop(self) -> None:
         if not self._detached:
@@ -51,7 +73,10 @@ class LiveCapture:
 
     def finish(self) -> list[RawEvent]:
         self.stop()
-        return self.decoder.decode(self.reader.drain()) + self.decoder.flush()
+        events = self._held + self.decoder.decode(self.reader.drain()) + self.decoder.flush()
+        self._held = []
+        events.sort(key=data_time)
+        return events
 
     def counts(self) -> dict[str, int]:
         return dict(self.decoder.counts)
