@@ -73,7 +73,7 @@ class Capture:
 
     def __init__(self, pid: int | None = None, comm: str | None = None, uid: int | None = None, *,
                  collectors: Iterable[str] = COLLECTORS, analyze: bool = True, redact: bool = True,
-                 duration: float | None = None, max_capture: int = 1 << 20, ring_size: int = 32 << 20,
+                 duration: float | None = None, max_capture: int = 1 << 20, ring_size: int = 8 << 20,
                  file_opens: bool = True) -> None:
         chosen = tuple(collectors)
         unknown = set(chosen) - set(COLLECTORS)

@@ -9,7 +9,7 @@ from typing import Any
 from . import __version__
 from .errors import AgentsightError
 
-DEFAULT_RING_SIZE = 32 << 20
+DEFAULT_RING_SIZE = 8 << 20  # its pages are mapped twice: 16 MiB of memory
 DEFAULT_WAKEUP_BYTES = 256 << 10
 
 
@@ -21,14 +21,14 @@ def _size(text: str) -> int:
             return int(float(t[:-1]) * units[t[-1]])
         return int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 256K, 32M)") from None
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 256K, 8M)") from None
 
 
 def _add_common(p: argparse.ArgumentParser, redact: bool = True) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write JSON lines here instead of stdout")
     p.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
     p.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
-                   help="ring buffer size per BPF object, a power of two (default: 32M)")
+                   help="ring buffer size per BPF object, a power of two (default: 8M)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
     if redact:
         p.add_argument("--no-redact", action="store_true",
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--no-hold", action="store_true",
                         help="do not hold programs whose TLS code is not hooked yet; their first calls may be missed")
     record.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
-                        help="ring buffer size per BPF object, a power of two (default: 32M)")
+                        help="ring buffer size per BPF object, a power of two (default: 8M)")
     _add_otlp(record)
     record.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                         help="the command to run and record")

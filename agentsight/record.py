@@ -34,7 +34,7 @@ class RecordOptions:
     command: list[str] | None = None
     pid: int | None = None
     comm: str | None = None
-    ring_size: int = 32 << 20
+    ring_size: int = 8 << 20
     wakeup_bytes: int = 256 << 10
     live: bool = True
     overwrite: bool = False

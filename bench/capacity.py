@@ -10,7 +10,7 @@ else counts:
 The rate doubles from a start until a step is lost: a step counts as kept up
 when the summary reports no record lost in the ring buffer and the consumer
 was idle again within MAX_LAG_S of the load's end (so a backlog parked in the
-32 MiB ring does not pass for capacity). The full run then bisects between
+ring does not pass for capacity). The full run then bisects between
 the last good and first bad rate, and the loss rate at twice the best rate
 is measured. Output goes to /dev/null: capture, decode and JSON encoding
 count, the disk does not. A generator that cannot reach the rate asked
@@ -19,7 +19,7 @@ count, the disk does not. A generator that cannot reach the rate asked
 The ramp needs a generator faster than the consumer, and probes slow the
 generators down (an SSL call costs ~11 µs of uprobe), so the consumer's own
 ceiling is also measured directly: with the consumer stopped (SIGSTOP), the
-generator puts a known number of events into the (default, 32 MiB) ring,
+generator puts a known number of events into the (default) ring,
 about half full; then the consumer is continued and timed until it has
 written the last of them (its output file stops growing): events / that
 time is its drain rate. And each ramp step records the consumer's CPU
