@@ -61,6 +61,11 @@ _HOLD_HELP = ("hold each program started while running whose TLS code is not hoo
               "a few hundred ms at most, and run on if agentsight stops")
 
 
+def _add_web(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, help="port of the web UI (default: 7396; 0: any free port)")
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1, this machine only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentsight",
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record an agent and every process it starts: its LLM calls, the commands it runs, the "
         "files it changes and the connections it opens, into one SQLite file. `record -- CMD` runs CMD as "
         "the user who invoked sudo and exits with CMD's status.",
-        usage="%(prog)s [-o SESSION.db] [--otlp [URL]] (-- CMD [ARGS...] | --pid PID | --comm NAME)")
+        usage="%(prog)s [-o SESSION.db] [--otlp [URL]] [--serve [--port PORT] [--host HOST]] (-- CMD [ARGS...] | "
+        "--pid PID | --comm NAME)")
     record.add_argument("-o", "--output", metavar="SESSION.db",
                         help="session file to create (default: agentsight-DATE-TIME.db here)")
     record.add_argument("--overwrite", action="store_true", help="replace the session file if it exists")
@@ -128,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE, metavar="SIZE",
                         help="ring buffer size per BPF object, a power of two (default: 8M)")
     _add_otlp(record)
+    record.add_argument("--serve", action="store_true",
+                        help="show the recording in the browser as it happens (and after, until Ctrl-C)")
+    _add_web(record)
     record.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                         help="the command to run and record")
 
@@ -136,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "caused, activity no tool call explains, and totals.")
     report.add_argument("session", metavar="SESSION.db")
     report.add_argument("--json", action="store_true", help="the same as one JSON document")
+
+    serve = sub.add_parser("serve", help="see recorded sessions in the browser",
+                           description="A web UI on a local port: the timeline of LLM calls, tool calls, commands "
+                           "and file changes, the process tree, and each LLM call's conversation. It prints the "
+                           "address to open, which carries an access token.")
+    serve.add_argument("sessions", nargs="+", metavar="SESSION.db")
+    _add_web(serve)
 
     export = sub.add_parser("export", help="every event of a session as JSON lines, or its traces to OTLP (--otlp)")
     export.add_argument("session", metavar="SESSION.db")
@@ -360,14 +376,27 @@ def cmd_record(args) -> int:
                          live=not args.no_live, overwrite=args.overwrite,
                          hold=not args.no_hold)
     otlp = _otlp_options(args)
-    if otlp is None:
-        return Recording(opts).run()
-    from .sinks.otlp import OtlpSink
+    if not args.serve and (args.port is not None or args.host is not None):
+        raise AgentsightError("--port and --host are options of --serve", exit_code=2)
 
-    sink = OtlpSink(otlp, mode="record")
-    recording = Recording(opts, extra_sinks=[sink])
-    sink.roots = lambda: recording.root_pids
-    return recording.run()
+    def recording_with(sinks: list) -> Recording:
+        sinks = list(sinks)
+        if otlp is not None:
+            from .sinks.otlp import OtlpSink
+
+            sink = OtlpSink(otlp, mode="record")
+            sinks.append(sink)
+        recording = Recording(opts, extra_sinks=sinks)
+        if otlp is not None:
+            sink.roots = lambda: recording.root_pids
+        return recording
+
+    if args.serve:
+        from .ui.web.server import DEFAULT_PORT, record_and_serve
+
+        return record_and_serve(recording_with, output, args.host or "127.0.0.1",
+                                DEFAULT_PORT if args.port is None else args.port)
+    return recording_with([]).run()
 
 
 def cmd_report(args) -> int:
@@ -382,6 +411,12 @@ def cmd_report(args) -> int:
     else:
         sys.stdout.write(render_text(report))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .ui.web.server import DEFAULT_PORT, serve_sessions
+
+    return serve_sessions(args.sessions, args.host or "127.0.0.1", DEFAULT_PORT if args.port is None else args.port)
 
 
 def cmd_export(args) -> int:
@@ -416,7 +451,8 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes, "trace": cmd_trace,
-            "replay": cmd_replay, "record": cmd_record, "report": cmd_report, "export": cmd_export}
+            "replay": cmd_replay, "record": cmd_record, "report": cmd_report, "export": cmd_export,
+            "serve": cmd_serve}
 NEEDS_BPF = {"ssl", "process", "trace", "record"}
 
 

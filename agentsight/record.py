@@ -229,6 +229,11 @@ class Recording:
             return bool(self._interrupted_at and time.monotonic() - self._interrupted_at > INTERRUPT_GRACE_SECONDS)
         return bool(self.opts.pid and not os.path.exists(f"/proc/{self.opts.pid}"))
 
+    def capture_losses(self) -> dict[str, int]:
+        """What the capture has lost so far, by cause (nothing before it starts)."""
+        capture = getattr(self, "capture", None)
+        return capture.losses() if capture is not None else {}
+
     def _lost_records(self) -> int:
         losses = self.capture.losses()
         return losses["ring_full_records"] + losses["bad_records"]

@@ -53,6 +53,8 @@ def test_wheel_is_manylinux_and_carries_its_libraries(distributable_wheel):
         assert any(m.startswith(f"agentsight.libs/{lib}-") for m in members), (lib, members)
     for obj in (REPO / "prebuilt").glob("*.bpf.o"):
         assert f"agentsight/_native/bpf/{obj.name}" in members
+    for asset in (REPO / "agentsight" / "ui" / "web" / "static").iterdir():
+        assert f"agentsight/ui/web/static/{asset.name}" in members
 
 
 def test_every_module_imports_from_a_fresh_venv(installed):
@@ -86,6 +88,33 @@ def test_otlp_without_the_extra_says_what_to_install(installed, tmp_path):
     assert result.returncode == 2 and result.stderr == (
         "agentsight: --otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
         "pip install 'agentsight[otlp]'\n"), result.stderr
+
+
+def test_web_ui_serves_its_page_from_the_installed_package(installed, tmp_path):
+    """The page and its assets are package data: the installed `serve` finds them."""
+    import urllib.request
+
+    from web_support import build_session
+
+    python, elsewhere = installed
+    session = tmp_path / "s.db"
+    build_session(session, 1)
+    proc = subprocess.Popen([str(python), "-m", "agentsight", "serve", str(session), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=elsewhere)
+    try:
+        line = proc.stdout.readline()
+        assert " at http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" at ", 1)[1].split()[0]
+        origin, token = url.split("/?token=")
+        for name in ("app.js", "app.css"):
+            with urllib.request.urlopen(f"{origin}/static/{name}?token={token}", timeout=30) as r:
+                assert r.read() == (REPO / "agentsight" / "ui" / "web" / "static" / name).read_bytes()
+        with urllib.request.urlopen(f"{origin}/api/s/0/summary?token={token}", timeout=30) as r:
+            assert orjson.loads(r.read())["status"] == "complete"
+    finally:
+        proc.send_signal(2)
+        proc.wait(20)
+    assert proc.returncode == 0
 
 
 @pytest.mark.bpf
