@@ -8,9 +8,7 @@ import http.client
 import os
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import orjson
 import pytest
@@ -108,7 +106,7 @@ def test_timeline_zoom_filter_and_search(big_store, big_session):
     assert [i["id"] for i in found["items"] if i["kind"] == "llm"][:1] == [calls[7]["id"]]
     assert not [i for i in found["items"] if i["kind"] == "file"]
     shells = [i for i in found["items"] if i["kind"] == "process"]
-    assert [s["argv"][-1] for s in shells] == [f"cd /work && make test-7 > out-7.log && grep -c ok out-7.log"]
+    assert [s["argv"][-1] for s in shells] == ["cd /work && make test-7 > out-7.log && grep -c ok out-7.log"]
     # Search is literal text: LIKE wildcards in it match themselves.
     assert big_store.run("timeline", q="make%test")["counts"] == {"llm": 0, "process": 0, "file": 0}
 

@@ -32,8 +32,10 @@ def _words(rnd: random.Random, n: int) -> str:
 
 
 def build_session(path: Path, megabytes: float, seed: int = 1, programs_per_tool: int = 12,
-                  files_per_tool: int = 40) -> dict:
-    """Writes a session of about `megabytes` MB at `path`; what it holds."""
+                  files_per_tool: int = 40, losses: bool = False) -> dict:
+    """Writes a session of about `megabytes` MB at `path`; what it holds.
+    `losses`: the second call's TLS stream lost bytes and the call is
+    incomplete, and the ring buffer lost records."""
     rnd = random.Random(seed)
     writer = SessionWriter(str(path), {"command": ["agent", "--task", "synthetic"], "agentsight": "bench"})
     system = _words(rnd, 3000)  # about 20 KB, like a coding agent's system prompt
@@ -64,14 +66,16 @@ def build_session(path: Path, megabytes: float, seed: int = 1, programs_per_tool
                        response_headers={"content-type": "text/event-stream"}, response=response,
                        usage={"input_tokens": 1000 + 50 * calls, "output_tokens": 60 + calls % 90},
                        started_ns=started, first_token_ns=started + 300_000_000, ended_ns=ended, pid=AGENT_PID,
-                       tid=AGENT_PID, comm="agent", conn=1, side="client")
+                       tid=AGENT_PID, comm="agent", conn=1, side="client",
+                       incomplete_reason="bytes of the response were lost" if losses and calls == 1 else None)
         body = repr(request).encode()
         # The request as the TLS library saw it, in 16 KiB writes, and the streamed answer.
         raw = [TlsData(started + i, AGENT_PID, AGENT_PID, "agent", 1000, fn="SSL_write", dir="send", conn=1,
                        len=len(body[o:o + 16384]), data=body[o:o + 16384])
                for i, o in enumerate(range(0, len(body), 16384))]
         raw.append(TlsData(ended - 1, AGENT_PID, AGENT_PID, "agent", 1000, fn="SSL_read", dir="recv", conn=1,
-                           len=len(text) + 400, data=(text * 4).encode()[:len(text) + 400]))
+                           len=len(text) + 400, data=(text * 4).encode()[:len(text) + 400],
+                           gap=1234 if losses and calls == 1 else 0))
         written += 2 * len(body) + 2000
         writer.write(raw + [call])
         calls += 1
@@ -122,6 +126,7 @@ def build_session(path: Path, megabytes: float, seed: int = 1, programs_per_tool
         writer.commit()
         ts = t + 1_000_000
     writer.write([Exit(ts, AGENT_PID, AGENT_PID, "agent", 1000, exit_code=0, ppid=1)])
-    writer.close(Outcome(status="complete", counts={"llm_call": calls}))
+    writer.close(Outcome(status="complete", counts={"llm_call": calls},
+                         losses={"ring_full_records": 3} if losses else {}))
     return {"calls": calls, "processes": processes + 1, "files": files, "first_ns": T0, "last_ns": ts,
             "bytes": path.stat().st_size}

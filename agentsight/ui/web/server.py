@@ -362,8 +362,8 @@ def serve_sessions(paths: list[str], host: str, port: int) -> int:
 
 
 def record_and_serve(recording_factory: Any, output: str, host: str, port: int) -> int:
-    """`record --serve`: the recording's session, live while it runs and
-    as recorded after it ends, until Ctrl-C."""
+    """`record --serve`: the recording's session, live while it runs and,
+    when the command ends by itself, as recorded after, until Ctrl-C."""
     server = WebServer(host, port)  # a busy port stops us before anything runs
     feed = WebFeed()
     try:
@@ -378,9 +378,10 @@ def record_and_serve(recording_factory: Any, output: str, host: str, port: int) 
     _announce(server, f"live view of {output}", "(it stays after the recording ends, until Ctrl-C)", sys.stderr)
     try:
         status = recording.run()
-        print(f"agentsight: the recording has ended; its view stays at {server.url} until Ctrl-C", file=sys.stderr,
-              flush=True)
-        _wait_for_interrupt()
+        if recording.pipeline.stop_reason is None:  # the command ended by itself; a Ctrl-C ends it all
+            print(f"agentsight: the recording has ended; its view stays at {server.url} until Ctrl-C",
+                  file=sys.stderr, flush=True)
+            _wait_for_interrupt()
     finally:
         server.close()
     return status

@@ -87,7 +87,26 @@ const S = {
   counts: {}, more: {}, buckets: {}, recent: [],
   selected: null, selectedDetail: null,
   source: null, renderQueued: false, fetchSeq: 0, tree: null,
+  drawn: new Map(), // what was drawn of each item at which version: reused while it has not changed
 };
+
+function drawn(key, item, make) {
+  const d = S.drawn.get(key);
+  if (d && d.v === item._v) return d.el;
+  const el = make();
+  S.drawn.set(key, { v: item._v, el });
+  return el;
+}
+
+// Replaces `parent`'s children with `nodes`, touching only what differs from
+// the first change on (live, that is the newest end).
+function patchChildren(parent, nodes) {
+  const old = parent.children;
+  let i = 0;
+  while (i < nodes.length && i < old.length && old[i] === nodes[i]) i++;
+  while (old.length > i) parent.lastElementChild.remove();
+  if (i < nodes.length) parent.append(...nodes.slice(i));
+}
 
 // -- routing -------------------------------------------------------------------------
 
@@ -179,6 +198,7 @@ function sessionSkeleton() {
   const kinds = ALL_KINDS.map((k) => h("label", { class: `kind k-${k}` },
     h("input", { type: "checkbox", checked: S.kinds.has(k), dataset: { kind: k }, onchange: (e) => {
       e.target.checked ? S.kinds.add(k) : S.kinds.delete(k);
+      S.drawn = new Map();
       render();
     } }), KIND_NAMES[k]));
   let typing = null;
@@ -227,6 +247,8 @@ async function fetchTimeline(extra = {}) {
   if (!extra.since) {
     S.items = new Map();
     S.tools = new Map();
+    S.pruned = 0;
+    S.drawn = new Map();
   }
   for (const item of t.items) addItem(item);
   for (const item of S.recent) if (!filtering()) mergeLive(item); // live items newer than the file's last commit
@@ -244,7 +266,7 @@ const nowNs = () => Date.now() * 1e6 - (S.clockSkew || 0);
 function addItem(item) {
   if (item.kind === "llm") {
     const old = S.items.get(item.id);
-    S.items.set(item.id, old ? mergeFields(old, item) : item);
+    S.items.set(item.id, old ? mergeFields(old, item) : Object.assign(item, { _v: 1 }));
     for (const tool of item.tools || []) {
       S.tools.set(tool.id, tool);
       const pending = S.pendingLinks.get(tool.id);
@@ -254,15 +276,26 @@ function addItem(item) {
     return;
   }
   const old = S.items.get(item.id);
-  S.items.set(item.id, old ? mergeFields(old, item) : item);
+  const merged = old ? mergeFields(old, item) : Object.assign(item, { _v: 1 });
+  S.items.set(item.id, merged);
   const u = S.pendingUnexplained.get(item.id);
-  if (u) { S.items.get(item.id).unexplained = u; S.pendingUnexplained.delete(item.id); }
+  if (u) { merged.unexplained = u; S.pendingUnexplained.delete(item.id); }
+  if (merged.link) touchTool(merged.link.tool);
 }
 
 // Items come again with what changed (a process's exit); what is known stays.
+// `_v` counts the changes, so what was drawn of an item is redrawn only when it changed.
 function mergeFields(old, item) {
-  for (const [k, v] of Object.entries(item)) if (v !== null && v !== undefined) old[k] = v;
+  for (const [k, v] of Object.entries(item)) if (v !== null && v !== undefined && k !== "_v") old[k] = v;
+  old._v = (old._v || 0) + 1;
   return old;
+}
+
+// What a tool call caused changed: its call's rows are redrawn.
+function touchTool(toolId) {
+  const tool = S.tools.get(toolId);
+  const call = tool && S.items.get(tool.call);
+  if (call) call._v = (call._v || 0) + 1;
 }
 
 function addLink(l) {
@@ -277,8 +310,11 @@ function addLink(l) {
     tool.links_total = Math.max(tool.links_total || 0, tool.links.length);
   }
   const target = S.items.get(l.target);
-  if (target) target.link = { tool: l.tool, evidence: l.evidence };
-  else if (l.item && !filtering()) S.items.set(l.target, Object.assign({}, l.item, { link: { tool: l.tool, evidence: l.evidence } }));
+  if (target) mergeFields(target, { link: { tool: l.tool, evidence: l.evidence } });
+  else if (l.item && !filtering()) {
+    S.items.set(l.target, Object.assign({}, l.item, { link: { tool: l.tool, evidence: l.evidence }, _v: 1 }));
+  }
+  touchTool(l.tool);
 }
 
 // -- live ------------------------------------------------------------------------------
@@ -333,8 +369,8 @@ function mergeLive(item) {
   if (item.kind === "link") return addLink(item);
   if (item.kind === "unexplained") {
     const target = S.items.get(item.target);
-    if (target) target.unexplained = item.reason;
-    else if (item.item) S.items.set(item.target, Object.assign({}, item.item, { unexplained: item.reason }));
+    if (target) mergeFields(target, { unexplained: item.reason });
+    else if (item.item) S.items.set(item.target, Object.assign({}, item.item, { unexplained: item.reason, _v: 1 }));
     else S.pendingUnexplained.set(item.target, item.reason);
     return;
   }
@@ -358,14 +394,31 @@ function refetchSoon() {
   refetchTimer = setTimeout(() => { refetchTimer = null; fetchTimeline(); }, 1000);
 }
 
+// A long busy recording: the page keeps its newest activity; the rest is in the file.
+const LIVE_KEEP = 6000;
+
+function prune() {
+  if (S.items.size <= LIVE_KEEP * 1.2) return;
+  const old = [...S.items.values()].filter((i) => i.kind !== "llm").sort((a, b) => (a.t0 || 0) - (b.t0 || 0));
+  const drop = old.slice(0, S.items.size - LIVE_KEEP);
+  for (const item of drop) S.items.delete(item.id);
+  S.pruned = (S.pruned || 0) + drop.length;
+}
+
+// Live: at most one render per 100 ms, or per twice the last render's time,
+// so a busy stream never keeps the page from answering.
+let renderCost = 0;
 function queueRender() {
   if (S.renderQueued) return;
   S.renderQueued = true;
   setTimeout(() => {
     S.renderQueued = false;
     if (S.follow) S.view = { from: S.view.from, to: Math.max(S.view.to, nowNs()) };
+    prune();
+    const started = performance.now();
     render();
-  }, 100);
+    renderCost = performance.now() - started;
+  }, Math.max(100, 2 * renderCost));
 }
 
 // -- zoom ---------------------------------------------------------------------------------
@@ -409,13 +462,19 @@ function visible() {
 
 function render() {
   if (!$("#session-view")) return;
+  if (S.drawnOrigin !== S.origin) { // every relative time changes
+    S.drawn = new Map();
+    S.drawnOrigin = S.origin;
+  }
   const shown = visible();
   renderChart(shown);
   renderList(shown);
   const { from, to } = S.view;
   $("#range").textContent = `${rel(from)} … ${rel(to)} (${dur(to - from)})`;
-  const more = Object.entries(S.more || {}).map(([k]) => `${KIND_NAMES[k]}: ${S.items.size && S.counts[k]} in this range, ` +
+  const more = Object.entries(S.more || {}).map(([k]) => `${KIND_NAMES[k]}: ${S.counts[k]} in this range, ` +
     "the first shown (zoom in to see the rest)");
+  if (S.pruned) more.push(`${S.pruned} older processes and files are not kept by this page while it follows the ` +
+    "recording: zoom in, or stop following, to see them");
   $("#status").replaceChildren(...more.map((m) => h("div", null, m)));
   const pf = $("#proc-filter");
   pf.hidden = !S.proc;
@@ -433,45 +492,69 @@ function renderChart(shown) {
   const span = Math.max(1, to - from);
   const x = (t) => ((t - from) / span) * 100;
   const clampX = (t) => Math.min(100, Math.max(0, x(t)));
-  const bar = (item, t0, t1, cls, label, title, top) => {
+  const place = (el, t0, t1, top) => {
     const left = clampX(t0);
-    const el = h("div", { class: `bar ${cls}`, dataset: { id: item.id }, title },
-      label ? h("span", { class: "bar-label" }, label) : null);
-    Object.assign(el.style, { left: `${left}%`, width: `max(2px, ${Math.max(0, clampX(t1) - left)}%)` });
+    el.style.left = `${left}%`;
+    el.style.width = `max(2px, ${Math.max(0, clampX(t1) - left)}%)`;
     if (top !== undefined) el.style.top = `${top}px`;
     return el;
   };
+  const bar = (item, cls, label, title, onclick) => drawn(`bar:${item.id}`, item, () => {
+    const el = h("div", { class: `bar ${cls}`, dataset: { id: item.id }, title, onclick },
+      label ? h("span", { class: "bar-label" }, label) : null);
+    return el;
+  });
+  const chart = $("#chart");
+  if (!chart.firstElementChild) {
+    const selection = h("div", { class: "selection", hidden: true });
+    const tracks = h("div", { class: "tracks" }, h("div", { class: "axis" }), selection);
+    dragToZoom(tracks, selection);
+    chart.append(tracks);
+    S.lanes = new Map();
+    S.densities = new Map();
+  }
+  const tracks = chart.firstElementChild;
+  const axisEl = tracks.querySelector(".axis");
+  axisEl.replaceChildren(...axis(from, to));
   const lanes = [];
-  const lane = (kind, name, height, children, buckets) => {
-    const track = h("div", { class: "track" }, children);
-    track.style.height = `${height}px`;
-    if (buckets) track.prepend(density(buckets));
-    lanes.push(h("div", { class: `lane lane-${kind}` }, h("div", { class: "lane-name" }, name), track));
+  const lane = (kind, name, height, bars, buckets) => {
+    let l = S.lanes.get(kind);
+    if (!l) {
+      const track = h("div", { class: "track" });
+      l = { el: h("div", { class: `lane lane-${kind}` }, h("div", { class: "lane-name" }, name), track), track };
+      S.lanes.set(kind, l);
+    }
+    l.track.style.height = `${height}px`;
+    let d = S.densities.get(kind);
+    if (buckets && (!d || d.buckets !== buckets)) S.densities.set(kind, (d = { buckets, el: density(buckets) }));
+    patchChildren(l.track, buckets ? [d.el, ...bars] : bars);
+    lanes.push(l.el);
   };
   const calls = shown.filter((i) => i.kind === "llm");
   if (S.kinds.has("llm")) {
     lane("llm", "LLM calls", 24, calls.map((c) => {
-      const el = bar(c, c.t0, c.t1 || c.t0, `llm${c.incomplete ? " incomplete" : ""}`, c.model || "?",
+      const el = bar(c, `llm${c.incomplete ? " incomplete" : ""}`, c.model || "?",
         `${c.model || "?"} · ${tokens(c.in)} in / ${tokens(c.out)} out · ${dur(c.t1 - c.t0)}` +
-        (c.ttft !== null && c.ttft !== undefined ? ` · first token ${dur(c.ttft)}` : ""));
-      if (c.ttft && c.t1 > c.t0) {
+        (c.ttft !== null && c.ttft !== undefined ? ` · first token ${dur(c.ttft)}` : ""), () => openCall(c.id));
+      if (c.ttft && c.t1 > c.t0 && !el.querySelector(".ttft")) {
         const t = h("div", { class: "ttft" });
         t.style.width = `${Math.min(100, (c.ttft / (c.t1 - c.t0)) * 100)}%`;
         el.prepend(t);
       }
-      el.addEventListener("click", () => openCall(c.id));
-      return el;
+      return place(el, c.t0, c.t1 || c.t0);
     }));
   }
   if (S.kinds.has("tool")) {
-    const tools = calls.flatMap((c) => c.tools || []);
-    lane("tool", "tool calls", 18, tools.map((t) => {
+    const tools = calls.flatMap((c) => (c.tools || []).map((t) => [c, t]));
+    lane("tool", "tool calls", 18, tools.map(([c, t]) => {
       let end = t.t0;
       for (const l of t.links) {
         const target = S.items.get(l.target) || l.item;
         if (target) end = Math.max(end, target.t1 || target.t0 || end);
       }
-      return bar(t, t.t0, end, "tool", t.name || "?", `${t.name}: ${t.command || t.args || ""}`);
+      const el = drawn(`bar:${t.id}`, c, () => h("div", { class: "bar tool", dataset: { id: t.id },
+        title: `${t.name}: ${t.command || t.args || ""}` }, h("span", { class: "bar-label" }, t.name || "?")));
+      return place(el, t.t0, end);
     }));
   }
   if (S.kinds.has("process")) {
@@ -484,22 +567,18 @@ function renderChart(shown) {
       if (row < 0) row = rowsEnd.length < MAX_PROCESS_ROWS ? rowsEnd.length : MAX_PROCESS_ROWS - 1;
       rowsEnd[row] = Math.max(rowsEnd[row] || 0, end);
       const cls = `process${p.unexplained ? " unexplained" : ""}${p.link ? " linked" : ""}`;
-      const el = bar(p, p.t0, end, cls, p.argv ? p.argv[0].split("/").pop() : p.comm,
+      const el = bar(p, cls, p.argv ? p.argv[0].split("/").pop() : p.comm,
         `pid ${p.pid} · ${cmdline(p.argv)} · ${ending(p)}${p.unexplained ? ` · unexplained: ${p.unexplained}` : ""}`,
-        row * 12 + 2);
-      el.addEventListener("click", () => selectProcess(p.id));
-      return el;
+        () => selectProcess(p.id));
+      return place(el, p.t0, end, row * 12 + 2);
     });
     lane("process", "processes", Math.max(1, rowsEnd.length) * 12 + 4, bars, S.buckets.process);
   }
   if (S.kinds.has("file")) {
     const files = shown.filter((i) => i.kind === "file");
-    lane("file", "files", 16, files.map((f) => {
-      const el = bar(f, f.t0, f.t0, `file${f.unexplained ? " unexplained" : ""}${f.link ? " linked" : ""}`, null,
-        `${f.op} ${f.path}${f.new_path ? ` → ${f.new_path}` : ""} (pid ${f.pid})`);
-      el.addEventListener("click", () => f.proc && selectProcess(f.proc));
-      return el;
-    }), S.buckets.file);
+    lane("file", "files", 16, files.map((f) => place(bar(f, `file${f.unexplained ? " unexplained" : ""}${f.link ? " linked" : ""}`,
+      null, `${f.op} ${f.path}${f.new_path ? ` → ${f.new_path}` : ""} (pid ${f.pid})`, () => f.proc && selectProcess(f.proc)),
+    f.t0, f.t0)), S.buckets.file);
   }
   const marks = S.kinds.has("loss") ? shown.filter((i) => i.kind === "loss" || (i.kind === "llm" && i.incomplete)) : [];
   const overlay = h("div", { class: "marks" }, marks.map((m) => {
@@ -507,10 +586,8 @@ function renderChart(shown) {
     el.style.left = `${clampX(m.t0)}%`;
     return el;
   }));
-  const selection = h("div", { class: "selection", hidden: true });
-  const tracks = h("div", { class: "tracks" }, axis(from, to), lanes, overlay, selection);
-  dragToZoom(tracks, selection);
-  $("#chart").replaceChildren(tracks);
+  const selection = tracks.querySelector(".selection");
+  patchChildren(tracks, [axisEl, ...lanes, overlay, selection]);
 }
 
 function density(buckets) {
@@ -534,7 +611,7 @@ function axis(from, to) {
     tick.style.left = `${((t - from) / span) * 100}%`;
     ticks.push(tick);
   }
-  return h("div", { class: "axis" }, h("div", { class: "lane-name" }, clock(from)), h("div", { class: "track" }, ticks));
+  return [h("div", { class: "lane-name" }, clock(from)), h("div", { class: "track" }, ticks)];
 }
 
 function dragToZoom(tracks, selection) {
@@ -581,26 +658,27 @@ function row(props, line, below) {
 }
 
 function renderList(shown) {
+  // What a tool call in view caused is shown under it (or counted there), not again on its own.
   const nested = new Set();
+  const toolsShown = new Set();
   for (const item of shown) {
     if (item.kind !== "llm" || !S.kinds.has("tool")) continue;
-    for (const t of item.tools || []) for (const l of t.links) nested.add(l.target);
+    for (const t of item.tools || []) {
+      toolsShown.add(t.id);
+      for (const l of t.links) nested.add(l.target);
+    }
   }
   const rows = [];
   for (const item of shown) {
     if (rows.length >= MAX_ROWS) break;
-    if (nested.has(item.id)) continue;
-    if (item.kind === "llm") rows.push(callRow(item));
-    else if (item.kind === "process") rows.push(processRow(item));
-    else if (item.kind === "file") rows.push(fileRow(item));
-    else if (item.kind === "loss") rows.push(row({ class: "row loss", dataset: { id: item.id } },
-      [h("span", { class: "time" }, rel(item.t0)), h("span", { class: "badge loss" }, "loss"), h("span", null, item.what)]));
+    if (nested.has(item.id) || (item.link && toolsShown.has(item.link.tool))) continue;
+    const make = item.kind === "llm" ? () => callRow(item) : item.kind === "process" ? () => processRow(item)
+      : item.kind === "file" ? () => fileRow(item) : item.kind === "loss" ? () => row({ class: "row loss", dataset: { id: item.id } },
+        [h("span", { class: "time" }, rel(item.t0)), h("span", { class: "badge loss" }, "loss"), h("span", null, item.what)]) : null;
+    if (make) rows.push(drawn(`row:${item.id}`, item, make));
   }
   if (!rows.length) rows.push(h("p", { class: "muted" }, "Nothing in this range" + (filtering() ? " for this filter." : ".")));
-  const list = $("#list");
-  const top = list.scrollTop;
-  list.replaceChildren(...rows);
-  list.scrollTop = top;
+  patchChildren($("#list"), rows);
 }
 
 function callRow(c) {
@@ -619,14 +697,17 @@ function callRow(c) {
   return h("div", { class: "call-group" }, head, tools);
 }
 
+const LINKS_SHOWN = 5;
+
 function toolBlock(t) {
-  const linked = t.links.map((l) => {
+  const linked = t.links.slice(0, LINKS_SHOWN).map((l) => {
     const target = S.items.get(l.target) || l.item;
     if (!target) return row({ class: "row linked-row", dataset: { id: l.target } }, [`${l.target_kind} ${l.target}`]);
     return target.kind === "file" ? fileRow(target, l.evidence) : processRow(target, l.evidence);
   });
-  const more = (t.links_total || 0) > t.links.length ? h("div", { class: "muted nested" },
-    `and ${t.links_total - t.links.length} more linked (filter by a process to see them)`) : null;
+  const total = Math.max(t.links_total || 0, t.links.length);
+  const more = total > linked.length ? h("div", { class: "more-links" },
+    h("a", { href: `#/s/${S.sid}/call/${encodeURIComponent(t.call)}` }, `and ${total - linked.length} more linked`)) : null;
   return h("div", { class: "tool-group" },
     row({ class: "row tool", dataset: { id: t.id } },
       [h("span", { class: "time", title: clock(t.t0) }, rel(t.t0)),
