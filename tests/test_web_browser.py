@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from llm_mock import LLMMock, Script
+from agentsight.ui.text import printable
 from support import REPO
 from web_support import build_session
 
@@ -243,12 +244,14 @@ def test_a_recorded_agent_in_the_browser(page, mock, serve, tmp_path):
 
 
 INJECTION = "<img src=x onerror=\"alert('img')\"><script>alert('script')</script>"
+# Text that would mislead a reader: a bidi override and a terminal escape.
+MISLEADING = "\u202etxt.exe\x1b[2J"
 
 
 @pytest.mark.bpf
 def test_what_the_agent_and_the_model_write_is_shown_as_text(page, mock, serve, tmp_path):
     note = tmp_path / "note.txt"
-    command = f"echo '{INJECTION}' > {note}"
+    command = f"echo '{INJECTION}{MISLEADING}' > {note}"
     mock.queue = [Script(text="Done: " + INJECTION, tool_name="bash", tool_args={"command": command}),
                   Script(text=INJECTION)]
     plan = _plan(tmp_path, ask="say " + INJECTION, system=INJECTION, model="m<b>odel")
@@ -258,7 +261,9 @@ def test_what_the_agent_and_the_model_write_is_shown_as_text(page, mock, serve, 
     p = page.page
     p.goto(server.url)
     tool = _tool_group(p, "<img src=x")
-    expect(tool.locator(".row.tool .command")).to_have_text(command)
+    expect(tool.locator(".row.tool .command")).to_have_text(printable(command, keep="\n\t"))
+    assert "\\u202etxt.exe\\x1b[2J" in tool.locator(".row.tool .command").inner_text()
+    assert "\u202e" not in p.locator("body").inner_text() and "\x1b" not in p.locator("body").inner_text()
     shell = tool.locator(".row.process").first
     expect(shell).to_contain_text("<img src=x onerror=")
     expect(shell).to_contain_text("<script>alert(")

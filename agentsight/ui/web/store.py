@@ -306,12 +306,17 @@ class SessionStore:
     def __init__(self, path: str, feed: WebFeed | None = None, workers: int = 4):
         self.path = path
         self.feed = feed
-        open_session(path).close()  # a clear error now rather than at the first page
+        db = open_session(path)  # a clear error now rather than at the first page
+        try:
+            unfinished = read_meta(db).get("status", "recording") == "recording"
+        finally:
+            db.close()
         self._local = threading.local()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="agentsight-web-db")
         self.caches = Caches()
-        # A growing session is looked at again at most this often.
-        self.refresh_every = 0.25 if feed is not None else 3600.0
+        # A growing session (this recording's, or one another agentsight is
+        # still writing) is looked at again at most this often.
+        self.refresh_every = 0.25 if feed is not None else 1.0 if unfinished else 3600.0
         self._warm = self._pool.submit(self._warm_up)
 
     def close(self) -> None:
@@ -365,8 +370,9 @@ class SessionStore:
         live = self.feed is not None and not self.feed.closed
         notes = []
         if status == "recording" and not live:
-            notes.append("the recording did not finish (agentsight was killed or crashed): its last second is "
-                         "missing, and tool calls may not be linked")
+            notes.append("the recording has not finished: it is still going on (reload to see more), or "
+                         "agentsight was killed or crashed, and then its last second is missing and tool calls "
+                         "may not be linked")
         elif status not in ("complete", "recording"):
             notes.append(f"the recording was {status.removeprefix('stopped: ')}")
         if meta.get("command_running_at_end"):

@@ -4,9 +4,25 @@
 // them trusted. It only ever enters the page as text: text nodes,
 // textContent and plain attributes (title, data-*). No markup is ever
 // built from data; the server's Content-Security-Policy forbids inline
-// script besides.
+// script besides. And what could mislead a reader within text (controls,
+// bidi overrides, zero-width and tag characters, line separators) is
+// written out as an escape, as agentsight does on a terminal (ui/text.py).
 
 const $ = (sel, root = document) => root.querySelector(sel);
+
+const HIDDEN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+const JOINERS = "\u200c\u200d"; // they shape emoji and scripts, and hide nothing
+const hex = (n, w) => n.toString(16).padStart(w, "0");
+
+function printable(text, keep = "\n\t") {
+  return String(text).replace(HIDDEN, (ch) => {
+    if (keep.includes(ch) || JOINERS.includes(ch)) return ch;
+    const n = ch.codePointAt(0);
+    return n < 0x100 ? `\\x${hex(n, 2)}` : n < 0x10000 ? `\\u${hex(n, 4)}` : `\\U${hex(n, 8)}`;
+  });
+}
+
+const setText = (el, text) => { el.textContent = printable(text); };
 
 function h(tag, props, ...children) {
   const el = document.createElement(tag);
@@ -17,11 +33,11 @@ function h(tag, props, ...children) {
     else if (k === "style") Object.assign(el.style, v);
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "href") el.setAttribute("href", String(v).startsWith("#") ? v : "#");
-    else el.setAttribute(k, v === true ? "" : String(v));
+    else el.setAttribute(k, v === true ? "" : printable(v));
   }
   for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : String(c));
+    el.append(c instanceof Node ? c : printable(c));
   }
   return el;
 }
@@ -138,7 +154,7 @@ function showError(message) {
 function showSessions() {
   closeLive();
   S.sid = null;
-  $("#title").textContent = `${S.sessions.length} sessions`;
+  setText($("#title"), `${S.sessions.length} sessions`);
   $("#facts").textContent = "";
   const rows = S.sessions.map((s) => h("tr", { class: "session", dataset: { index: s.index } },
     h("td", null, h("a", { href: `#/s/${s.index}` }, s.path)),
@@ -168,13 +184,13 @@ async function loadSummary() {
   const s = (S.summary = await api(`/api/s/${S.sid}/summary`));
   S.origin = S.origin ? Math.min(S.origin, s.bounds[0]) : s.bounds[0];
   S.clockSkew = Date.now() * 1e6 - s.now_ns;
-  $("#title").textContent = s.command ? cmdline(s.command) : s.pid ? `pid ${s.pid}` : s.path;
-  $("#title").title = s.path;
+  setText($("#title"), s.command ? cmdline(s.command) : s.pid ? `pid ${s.pid}` : s.path);
+  $("#title").title = printable(s.path);
   $("#live").hidden = !s.live;
   const t = s.totals;
-  $("#facts").textContent = `${s.status} · ${dur(s.bounds[1] - s.bounds[0])} · ${t.llm_calls} LLM calls · ` +
+  setText($("#facts"), `${s.status} · ${dur(s.bounds[1] - s.bounds[0])} · ${t.llm_calls} LLM calls · ` +
     `${tokens(t.input_tokens)} in / ${tokens(t.output_tokens)} out · ${t.processes} processes · ` +
-    `${t.files_written} file changes` + (s.command_exit !== null && s.command_exit !== undefined ? ` · exit ${s.command_exit}` : "");
+    `${t.files_written} file changes` + (s.command_exit !== null && s.command_exit !== undefined ? ` · exit ${s.command_exit}` : ""));
   showNotes();
 }
 
@@ -240,7 +256,7 @@ async function fetchTimeline(extra = {}) {
   try {
     t = await api(`/api/s/${S.sid}/timeline`, params);
   } catch (err) {
-    $("#status").textContent = `could not load the timeline: ${err.message}`;
+    setText($("#status"), `could not load the timeline: ${err.message}`);
     return;
   }
   if (seq !== S.fetchSeq) return; // a newer request is on its way
@@ -872,7 +888,7 @@ function nodeLabel(id) {
   n.label.replaceChildren(h("span", { class: "pid" }, String(p.pid)), " ",
     h("span", { class: "argv" }, p.argv ? cmdline(p.argv) : `(${p.comm || "fork"})`), " ",
     h("span", { class: `end${p.exit_code ? " failed" : ""}` }, `${ending(p)}${p.t1 ? ` · ${dur(p.t1 - p.t0)}` : ""}`));
-  n.label.title = `${cmdline(p.argv)}\ncwd ${p.cwd || "?"}`;
+  n.label.title = printable(`${cmdline(p.argv)}\ncwd ${p.cwd || "?"}`);
   n.li.classList.toggle("unexplained", Boolean(p.unexplained));
 }
 
@@ -966,10 +982,10 @@ function textBlock(call, part, cls) {
     button.disabled = true;
     try {
       const full = await api(`/api/s/${S.sid}/text`, { id: call.id, part: part.address });
-      pre.textContent = full.text;
+      setText(pre, full.text);
       button.remove();
     } catch (err) {
-      button.textContent = err.message;
+      setText(button, err.message);
     }
   } }, `show ${part.cut} more characters`);
   return h("div", null, pre, button);
