@@ -120,6 +120,27 @@ def test_timeline_zoom_filter_and_search(big_store, big_session):
     assert all(i["unexplained"] == "no tool call explains it" for i in lonely["items"])
 
 
+def test_search_finds_text_as_shown_whatever_json_escapes_in_it(tmp_path):
+    from agentsight.sinks.session import SessionWriter
+
+    command = 'echo "hi there" > \'x y.txt\' \\ done'
+    path = tmp_path / "s.db"
+    writer = SessionWriter(str(path), {})
+    writer.write([Exec(100, 10, 10, "agent", 0, ppid=1, argv=["agent"]), _llm(10, 200, command),
+                  Fork(300, 10, 10, "agent", 0, child_pid=11),
+                  Exec(310, 11, 11, "sh", 0, ppid=10, argv=["sh", "-c", command], cwd="/w"),
+                  Open(320, 11, 11, "sh", 0, path="x y.txt", resolved="/w/x y.txt", flags=0o1101, ret=3)])
+    writer.close(Outcome())
+    store = SessionStore(str(path))
+    try:
+        for q in ('"hi there"', "'x y.txt' \\ done", "HI THERE"):
+            found = {i["kind"] for i in store.run("timeline", q=q)["items"]}
+            assert found == {"llm", "process"}, q
+        assert {i["kind"] for i in store.run("timeline", q="x y.txt")["items"]} == {"llm", "process", "file"}
+    finally:
+        store.close()
+
+
 def test_process_tree_and_detail(big_store, big_session):
     _, facts = big_session
     roots = big_store.run("children")

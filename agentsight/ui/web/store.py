@@ -432,6 +432,8 @@ class SessionStore:
         limit = max(1, min(limit, MAX_LIMIT))
         pids = self._pids(proc)
         pattern = _like(q) if q else None
+        # argv, records and tool arguments are stored as JSON: the text as it is written there.
+        in_json = _like(orjson.dumps(q).decode()[1:-1]) if q else None
         items: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
         more: dict[str, str] = {}
@@ -451,10 +453,11 @@ class SessionStore:
                 where.append("pid IN (SELECT value FROM json_each(?))")
                 args.append(orjson.dumps(pids).decode())
             if pattern:
-                where.append("(model LIKE ?1 ESCAPE '\\' OR record LIKE ?1 ESCAPE '\\' OR id IN "
-                             "(SELECT llm_call_id FROM tool_calls WHERE name LIKE ?1 ESCAPE '\\' "
-                             "OR arguments LIKE ?1 ESCAPE '\\'))".replace("?1", "?"))
-                args += [pattern] * 4
+                # The record holds the whole request: a search finds the conversation too.
+                where.append("(model LIKE ? ESCAPE '\\' OR record LIKE ? ESCAPE '\\' OR id IN "
+                             "(SELECT llm_call_id FROM tool_calls WHERE name LIKE ? ESCAPE '\\' "
+                             "OR arguments LIKE ? ESCAPE '\\'))")
+                args += [pattern, in_json, pattern, in_json]
             sql = " AND ".join(where)
             rows = db.execute(f"SELECT id, started_ns, ended_ns, pid, provider, model, input_tokens, output_tokens, "
                               f"status, incomplete FROM llm_calls WHERE {sql} ORDER BY started_ns LIMIT ?",
@@ -471,7 +474,7 @@ class SessionStore:
                 args.append(orjson.dumps(pids).decode())
             if pattern:
                 where.append("(argv LIKE ? ESCAPE '\\' OR cwd LIKE ? ESCAPE '\\' OR comm LIKE ? ESCAPE '\\')")
-                args += [pattern] * 3
+                args += [in_json, pattern, pattern]
             if unexplained:
                 where.append("id IN (SELECT value FROM json_each(?))")
                 args.append(orjson.dumps([t for k, t in caches.unexplained if k == "process"]).decode())
