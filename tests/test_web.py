@@ -141,6 +141,34 @@ def test_search_finds_text_as_shown_whatever_json_escapes_in_it(tmp_path):
         store.close()
 
 
+def test_a_call_summary_never_trusts_what_the_request_or_response_hold():
+    """The summary skips the request by finding the top-level "response" key
+    from the end; keys of that name anywhere else must not fool it."""
+    from agentsight.ui.web.store import call_summary, summary_of_record
+
+    def record(request, arguments, error=None, text="real text"):
+        call = _llm(10, 200, "ls")
+        call.request = request
+        call.response.text = text
+        call.response.tool_calls[0].arguments = arguments
+        call.first_token_ns = 250
+        call.error = error
+        return orjson.dumps(call.to_json()).decode()
+
+    fooled = {"response": {"text": "fake", "stop_reason": "fake"}, "started_ns": 0, "first_token_ns": 99}
+    cases = [record({"messages": [{"response": {"text": "fake"}}]}, {"x": 1}),
+             record({"a": 1}, {"response": {"started_ns": 1}}),
+             record({"a": 1}, fooled),
+             record({"a": 1}, {"k": "v"}, error={"response": {"text": "fake"}, "started_ns": 5}),
+             record({"a": 1}, {"k": 1}, text='"response":{"text":"fake"}, "started_ns": 0}'),
+             record({"response": {}}, [{"response": {"response": {}}}])]
+    for text in cases:
+        expected = call_summary(orjson.loads(text))
+        assert summary_of_record(text) == expected
+        assert expected["ttft"] == 50 and expected["text"] in ("real text", '"response":{"text":"fake"}, "started_ns": 0}')
+    assert summary_of_record(None)["ttft"] is None and summary_of_record("not json")["text"] == ""
+
+
 def test_process_tree_and_detail(big_store, big_session):
     _, facts = big_session
     roots = big_store.run("children")

@@ -289,7 +289,7 @@ class WebFeed(Sink):
             self._recent.put(cid, e)
             summary = call_summary({"response": {"text": e.response.text, "stop_reason": e.response.stop_reason,
                                                  "thinking": e.response.thinking},
-                                    "first_token_ns": e.first_token_ns, "started_ns": e.started_ns, "api": e.api,
+                                    "first_token_ns": e.first_token_ns, "started_ns": e.started_ns,
                                     "incomplete_reason": e.incomplete_reason})
             tools = [tool_item(tool_id(e.pid, e.started_ns, i), cid, e.ended_ns, tc.name, tc.id, tc.arguments)
                      for i, tc in enumerate(e.response.tool_calls)]

@@ -150,8 +150,38 @@ def call_summary(record: dict) -> dict[str, Any]:
     first, started = record.get("first_token_ns"), record.get("started_ns")
     return {"ttft": first - started if isinstance(first, int) and isinstance(started, int) else None,
             "text": text, "text_cut": left, "stop": response.get("stop_reason"),
-            "thinking": bool(response.get("thinking")), "api": record.get("api"),
+            "thinking": bool(response.get("thinking")),
             "incomplete_reason": record.get("incomplete_reason")}
+
+
+RESPONSE_KEY = '"response":{'
+
+
+def summary_of_record(text: str | None) -> dict[str, Any]:
+    """call_summary() of a stored record without parsing its request (most
+    of it, and all of a long conversation). Everything from the top-level
+    "response" key on is a JSON object of its own once given a "{": the
+    key is found from the end, as JSON never holds it inside a string (its
+    quote would be escaped), and a match deeper down leaves closing
+    brackets over, which no parser accepts. Anything else: the whole
+    record is parsed."""
+    if not text:
+        return call_summary({})
+    end = len(text)
+    for _ in range(8):
+        at = text.rfind(RESPONSE_KEY, 0, end)
+        if at < 0:
+            break
+        try:
+            tail = orjson.loads("{" + text[at:])
+        except orjson.JSONDecodeError:
+            end = at
+            continue
+        if isinstance(tail, dict) and "started_ns" in tail:
+            return call_summary(tail)
+        break
+    record = _loads(text)
+    return call_summary(record if isinstance(record, dict) else {})
 
 
 def tool_item(tool: str, call: str, t0: int, name: str | None, the_call_id: str | None, arguments: Any) -> dict:
@@ -356,7 +386,7 @@ class SessionStore:
             self.caches.refresh(db, 0)
             for row_id, record in db.execute("SELECT id, record FROM llm_calls ORDER BY started_ns"):
                 if row_id not in self.caches.summaries:
-                    self.caches.summaries[row_id] = call_summary(_loads(record) or {})
+                    self.caches.summaries[row_id] = summary_of_record(record)
         finally:
             self._release(db)
 
@@ -554,7 +584,7 @@ class SessionStore:
         s = self.caches.summaries.get(row_id)
         if s is None:
             record = db.execute("SELECT record FROM llm_calls WHERE id = ?", (row_id,)).fetchone()
-            s = call_summary((_loads(record[0]) if record else None) or {})
+            s = summary_of_record(record[0] if record else None)
             self.caches.summaries[row_id] = s
         return s
 
