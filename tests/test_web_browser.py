@@ -38,7 +38,7 @@ AGENT = textwrap.dedent("""
 
     def ask(messages):
         body = json.dumps({"model": plan["model"], "max_tokens": 100, "system": plan["system"],
-                           "messages": messages}).encode()
+                           "tools": plan.get("tools", []), "messages": messages}).encode()
         req = urllib.request.Request(base + "/v1/messages", data=body, headers={
             "content-type": "application/json", "x-api-key": "sk-ant-api03-webtest0123456789abcdef",
             "anthropic-version": "2023-06-01"})
@@ -177,7 +177,8 @@ def test_a_recorded_agent_in_the_browser(page, mock, serve, tmp_path):
     mock.queue = [Script(text="I will save the note.", tool_name="bash", tool_args={"command": command},
                          tool_id="toolu_web_1"),
                   Script(text="The note is saved.")]
-    plan = _plan(tmp_path, ask="please save a note")
+    plan = _plan(tmp_path, ask="please save a note", tools=[
+        {"name": "bash", "description": "Run a shell command", "input_schema": {"type": "object"}}])
     session = tmp_path / "session.db"
     _record(mock, tmp_path, session, plan)
     server = serve(session)
@@ -222,11 +223,19 @@ def test_a_recorded_agent_in_the_browser(page, mock, serve, tmp_path):
     second = calls.nth(1)
     assert "hl" not in (second.get_attribute("class") or "").split()
     screenshot(p, "timeline-selected.png")
+    # Only that process and what it started.
+    p.locator("#detail-pane button", has_text="only this process").click()
+    expect(calls).to_have_count(0)
+    expect(p.locator("#list .row.process")).to_have_count(2)  # the shell and its ls
+    expect(p.locator("#list .row.file")).to_have_count(1)
+    p.locator("#proc-filter button").click()
+    expect(calls).to_have_count(2)
 
     calls.first.click()
     call = p.locator("#call")
     expect(call.locator(".msg.user").first).to_contain_text("please save a note")
     expect(call.locator(".system")).to_contain_text("You are a careful agent.")
+    expect(call.locator(".tools-offered summary")).to_have_text("1 tools offered: bash")
     expect(call.locator("pre.response-text")).to_have_text("I will save the note.")
     expect(call.locator(".tool-call")).to_contain_text(command)
     expect(call.locator(".tool-call .row.file")).to_contain_text(str(note))
@@ -466,6 +475,20 @@ def test_a_large_session_loads_quickly(page, serve, tmp_path):
     expect(p.locator(".row.file")).to_have_count(facts["calls"])
     # Zooming in on a call: the server sends that range.
     p.locator("#search").fill("")
+    expect(p.locator(".row.llm")).to_have_count(facts["calls"])
+    # The longest conversation, folded: older messages and long texts behind a click.
+    p.locator(".row.llm").last.click()
+    call = p.locator("#call")
+    expect(call.locator(".older summary")).to_have_text(f"{2 * facts['calls'] - 1 - 6} earlier messages")
+    expect(call.locator("details.system")).not_to_have_attribute("open", "")
+    call.locator("details.system summary").click()
+    system = call.locator("pre.system-text")
+    cut = len(system.inner_text())
+    call.locator("details.system button.show-all").click()
+    expect(call.locator("details.system button.show-all")).to_have_count(0)
+    assert len(system.inner_text()) > cut
+    expect(call.locator("details.thinking pre")).to_have_text(f"thinking about step {facts['calls'] - 1}")
+    p.go_back()
     expect(p.locator(".row.llm")).to_have_count(facts["calls"])
     box = p.locator(".lane-llm .track").bounding_box()
     p.mouse.move(box["x"] + box["width"] * 0.50, box["y"] + 5)

@@ -59,7 +59,8 @@ def build_session(path: Path, megabytes: float, seed: int = 1, programs_per_tool
         command = f"cd /work && make test-{calls} > out-{calls}.log && grep -c ok out-{calls}.log"
         text = _words(rnd, 60)
         response = LlmResponse(text=text, tool_calls=[ToolCall(f"toolu_{calls}", "bash", {"command": command})],
-                               stop_reason="tool_use", model="claude-bench", id=f"msg_{calls}")
+                               stop_reason="tool_use", thinking=f"thinking about step {calls}", model="claude-bench",
+                               id=f"msg_{calls}")
         call = LlmCall(ts=ended, provider="anthropic", api="messages", model="claude-bench", stream=True, status=200,
                        method="POST", host="api.example.test", path="/v1/messages", request=request,
                        request_headers={"content-type": "application/json", "x-api-key": "[REDACTED]"},
