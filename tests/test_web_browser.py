@@ -293,6 +293,9 @@ def test_what_the_agent_and_the_model_write_is_shown_as_text(page, mock, serve, 
     ran = p.evaluate("""() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1';
                                document.body.append(s); return window.__ran === 1; }""")
     assert ran is False
+    deadline = time.monotonic() + 10  # the browser reports the refusal on its own time
+    while not any("Content Security Policy" in m for m in page.console) and time.monotonic() < deadline:
+        p.wait_for_timeout(50)
     assert any("Content Security Policy" in m for m in page.console), page.console
     server.stop()
 
