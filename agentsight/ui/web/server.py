@@ -353,9 +353,11 @@ def serve_sessions(paths: list[str], host: str, port: int) -> int:
         raise
     server.start()
     what = f"serving {paths[0]}" if len(paths) == 1 else f"serving {len(paths)} sessions"
-    _announce(server, what, "(Ctrl-C to stop)", sys.stdout)
     try:
+        _announce(server, what, "(Ctrl-C to stop)", sys.stdout)
         _wait_for_interrupt()
+    except KeyboardInterrupt:  # a Ctrl-C even before the wait began
+        pass
     finally:
         server.close()
     return 0
@@ -379,9 +381,12 @@ def record_and_serve(recording_factory: Any, output: str, host: str, port: int) 
     try:
         status = recording.run()
         if recording.pipeline.stop_reason is None:  # the command ended by itself; a Ctrl-C ends it all
-            print(f"agentsight: the recording has ended; its view stays at {server.url} until Ctrl-C",
-                  file=sys.stderr, flush=True)
-            _wait_for_interrupt()
+            try:
+                print(f"agentsight: the recording has ended; its view stays at {server.url} until Ctrl-C",
+                      file=sys.stderr, flush=True)
+                _wait_for_interrupt()
+            except KeyboardInterrupt:
+                pass
     finally:
         server.close()
     return status
