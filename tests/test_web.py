@@ -13,8 +13,8 @@ import time
 import orjson
 import pytest
 
-from agentsight.events import Exec, Exit, FileKey, Fork, Link, LlmCall, LlmResponse, Open, ProcessKey, ToolCall, \
-    ToolCallRef, Unexplained
+from agentsight.events import Exec, Exit, FileKey, Fork, Link, LlmCall, LlmCallRef, LlmResponse, Open, ProcessKey, \
+    Startup, ToolCall, ToolCallRef, ToolResult, Unexplained
 from agentsight.sinks.base import Outcome
 from agentsight.ui.web import feed as feed_module
 from agentsight.ui.web.conversation import conversation
@@ -174,12 +174,13 @@ def test_process_tree_and_detail(big_store, big_session):
     roots = big_store.run("children")
     assert roots["total"] == 1
     (agent,) = roots["nodes"]
-    assert agent["pid"] == AGENT_PID and agent["children"] == facts["calls"] + facts["calls"] // 10
+    assert agent["pid"] == AGENT_PID and agent["children"] == 1 + facts["calls"] + facts["calls"] // 10
     page = big_store.run("children", parent=agent["id"], limit=50)
     assert len(page["nodes"]) == 50 and page["total"] == agent["children"]
     rest = big_store.run("children", parent=agent["id"], offset=100, limit=50)
     assert len(rest["nodes"]) == agent["children"] - 100 and rest["nodes"][0]["t0"] > page["nodes"][-1]["t0"]
-    shell = page["nodes"][0]
+    git, shell = page["nodes"][:2]
+    assert git["argv"][0] == "git" and git["startup"] and "link" not in git
     assert shell["argv"][0] == "/bin/bash" and shell["link"]["tool"].startswith("t:")
     assert shell["parent"] == agent["id"]
     detail = big_store.run("process", id=shell["id"])
@@ -428,7 +429,13 @@ def test_feed_items_carry_the_same_keys_as_the_session_file(tmp_path):
               Exit(330, 11, 11, "sh", 0, exit_code=0, ppid=10),
               Link(310, ToolCallRef(10, 200, 0, "t1"), ProcessKey(11, 300), {"arguments": "argv is arguments.command"}),
               Link(320, ToolCallRef(10, 200, 0, "t1"), FileKey(11, 320, "write", "/w/f"), {"process": "by pid 11"}),
-              Unexplained(330, ProcessKey(10, 100), "odd")]
+              Unexplained(330, ProcessKey(10, 100), "odd"),
+              Fork(90, 10, 10, "agent", 0, child_pid=9), Exec(95, 9, 9, "git", 0, ppid=10, argv=["git", "status"]),
+              Startup(95, ProcessKey(9, 90)),
+              _llm(10, 400), ToolResult(400, ToolCallRef(10, 200, 0, "t1"), LlmCallRef(10, 400), duration_ns=390,
+                                        is_error=False, size=3, where="messages[1].content[0]")]
+    events[6] = Link(310, ToolCallRef(10, 200, 0, "t1"), ProcessKey(11, 300), {"arguments": "argv is arguments.command"},
+                     role="shell")
     feed = WebFeed()
     page = feed.subscribe()
     feed.write(events)
@@ -450,7 +457,8 @@ def test_feed_items_carry_the_same_keys_as_the_session_file(tmp_path):
     finally:
         store.close()
     shell = process_id(11, 300)
-    assert set(stored) == {call_id(10, 200), process_id(10, 100), shell, "f:11:320"}
+    assert set(stored) == {call_id(10, 200), call_id(10, 400), process_id(10, 100), shell, "f:11:320",
+                           process_id(9, 90)}
     assert set(stored) <= set(live)
     for key in (shell, "f:11:320"):
         for field in ("t0", "pid", "argv", "exit_code", "path", "proc", "parent"):
@@ -458,6 +466,12 @@ def test_feed_items_carry_the_same_keys_as_the_session_file(tmp_path):
     assert live[f"l:t:10:200:0:{shell}"]["tool"] == stored[call_id(10, 200)]["tools"][0]["id"]
     assert live[f"l:t:10:200:0:{shell}"]["item"]["argv"] == ["sh", "-c", "echo hi > f"]
     assert live["u:" + process_id(10, 100)]["reason"] == "odd" == stored[process_id(10, 100)]["unexplained"]
+    assert live[f"l:t:10:200:0:{shell}"]["role"] == "shell" == stored[shell]["link"]["role"]
+    assert stored["f:11:320"]["link"]["role"] == "command"
+    assert live["s:" + process_id(9, 90)]["target"] == process_id(9, 90) and stored[process_id(9, 90)]["startup"]
+    result = {"sent_ns": 400, "duration_ns": 390, "is_error": False, "size": 3}
+    assert live["r:10:200:0"]["tool"] == "t:10:200:0" and live["r:10:200:0"]["result"] == result
+    assert stored[call_id(10, 200)]["tools"][0]["result"] == result
 
 
 def test_feed_never_makes_the_capture_wait(monkeypatch):

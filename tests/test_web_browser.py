@@ -195,6 +195,8 @@ def test_a_recorded_agent_in_the_browser(page, mock, serve, tmp_path):
     shell = tool.locator(".row.process", has_text=f"/bin/sh -c 'echo recorded > {note} && ls /'")
     expect(shell).to_be_visible()
     expect(shell.locator(".evidence")).to_contain_text("argv is arguments.command")
+    expect(shell.locator(".badge.role")).to_have_text("shell")  # the shell that ran the tool's command
+    expect(tool.locator(".row.tool")).to_contain_text("result back after")
     expect(tool.locator(".row.process", has_text="ls /").last).to_be_visible()
     written = tool.locator(".row.file", has_text=str(note))
     expect(written).to_be_visible()
@@ -239,6 +241,7 @@ def test_a_recorded_agent_in_the_browser(page, mock, serve, tmp_path):
     expect(call.locator("pre.response-text")).to_have_text("I will save the note.")
     expect(call.locator(".tool-call")).to_contain_text(command)
     expect(call.locator(".tool-call .row.file")).to_contain_text(str(note))
+    expect(call.locator(".tool-call")).to_contain_text("result back after")
     expect(call.locator("table.headers").first).to_contain_text("[REDACTED]")
     assert "webtest0123456789" not in p.content()
     screenshot(p, "call.png", full_page=True)
@@ -354,10 +357,11 @@ def test_record_serve_shows_each_call_within_a_second(page, mock, tmp_path):
         assert len(made) == 3 and all(d < 1.0 for d in delays), delays
         assert made[2] - made[0] > 1.8  # the calls were a second apart
         expect(calls.nth(2).locator(".snippet")).to_have_text("third")
-        screenshot(p, "live.png")
-        # When the recording ends, the links the correlator makes reach the page too.
+        # Links are made as the tool's result goes back (the next call): they are on the page already.
         linked = _tool_group(p, command).locator(".row.file", has_text=str(note))
-        expect(linked).to_be_visible(timeout=15_000)
+        expect(linked).to_be_visible(timeout=5_000)
+        expect(_tool_group(p, command).locator(".row.tool")).to_contain_text("result back after")
+        screenshot(p, "live.png")
         expect(p.locator("#live")).to_be_hidden(timeout=15_000)
         assert p.evaluate("() => window.__sameDocument") is True  # never reloaded
         assert any("the recording has ended" in l for l in lines) or proc.poll() is None
@@ -522,6 +526,7 @@ def test_several_sessions_open_on_a_list_and_losses_are_marked(page, serve, tmp_
     expect(p.locator("#notes")).to_contain_text("ring_full_records 3")
     expect(p.locator(".row.loss")).to_contain_text("1234 bytes lost before this TLS call")
     expect(p.locator(".row.llm.incomplete")).to_contain_text("bytes of the response were lost")
+    expect(p.locator(".row.process", has_text="git status").locator(".badge.startup")).to_have_text("start-up")
     expect(p.locator(".marks .mark")).to_have_count(2)  # the TLS gap and the incomplete call
     p.locator('#toolbar input[data-kind="loss"]').uncheck()
     expect(p.locator(".marks .mark")).to_have_count(0)

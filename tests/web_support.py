@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 
 from agentsight.events import (
-    Exec, Exit, FileKey, Fork, Link, LlmCall, LlmResponse, Open, ProcessKey, TlsData, ToolCall, ToolCallRef,
-    Unexplained,
+    Exec, Exit, FileKey, Fork, Link, LlmCall, LlmResponse, Open, ProcessKey, Startup, TlsData, ToolCall,
+    ToolCallRef, Unexplained,
 )
 from agentsight.sinks.base import Outcome
 from agentsight.sinks.session import SessionWriter
@@ -49,6 +49,15 @@ def build_session(path: Path, megabytes: float, seed: int = 1, programs_per_tool
     next_pid = AGENT_PID + 1
     writer.write([Exec(ts, AGENT_PID, AGENT_PID, "agent", 1000, ppid=1, filename="/usr/bin/agent",
                        argv=["agent", "--task", "synthetic"], cwd="/work")])
+    # Before its first call the agent looks around: start-up.
+    git = next_pid
+    next_pid += 1
+    writer.write([Fork(ts + 100, AGENT_PID, AGENT_PID, "agent", 1000, child_pid=git),
+                  Exec(ts + 200, git, git, "git", 1000, ppid=AGENT_PID, filename="/usr/bin/git",
+                       argv=["git", "status", "--porcelain"], cwd="/work"),
+                  Startup(ts + 200, ProcessKey(git, ts + 100)),
+                  Exit(ts + 300_000, git, git, "git", 1000, exit_code=0, ppid=AGENT_PID)])
+    processes += 1
     while written < target:
         messages.append({"role": "user", "content": _words(rnd, 120) if not messages else [
             {"type": "tool_result", "tool_use_id": f"toolu_{calls - 1}", "content": _words(rnd, 400)}]})

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ...analyzers.correlate import file_change
-from ...events import Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, Open, ProcessKey, Unexplained
+from ...events import Exec, Exit, FileKey, FileOp, Fork, Link, LlmCall, Open, ProcessKey, Startup, ToolResult, Unexplained
 from ...sinks.base import Outcome, Sink
 from ...sinks.jsonl import safe_json
 from .store import (
@@ -98,7 +98,8 @@ class _Lru(collections.OrderedDict):
 
 
 class WebFeed(Sink):
-    kinds = frozenset(("exec", "exit", "fork", "open", "file", "llm_call", "link", "unexplained"))
+    kinds = frozenset(("exec", "exit", "fork", "open", "file", "llm_call", "link", "unexplained", "startup",
+                       "tool_result"))
 
     def __init__(self, capture_losses: Callable[[], dict[str, int]] | None = None):
         """`capture_losses`: what the capture has lost so far; asked for
@@ -302,7 +303,18 @@ class WebFeed(Sink):
             ref = e.tool_call
             tool = tool_id(ref.llm_pid, ref.llm_started_ns, ref.index)
             return [{"id": f"l:{tool}:{target}", "kind": "link", "tool": tool, "target": target,
-                     "target_kind": e.target_kind, "evidence": e.evidence, "item": self._targets.get(target)}]
+                     "target_kind": e.target_kind, "evidence": e.evidence, "role": e.role,
+                     "item": self._targets.get(target)}]
+        if t is Startup:
+            target = self._target_id(e.target)
+            return [{"id": f"s:{target}", "kind": "startup", "target": target, "target_kind": e.target_kind,
+                     "item": self._targets.get(target)}]
+        if t is ToolResult:
+            ref = e.tool_call
+            return [{"id": f"r:{ref.llm_pid}:{ref.llm_started_ns}:{ref.index}", "kind": "tool_result",
+                     "tool": tool_id(ref.llm_pid, ref.llm_started_ns, ref.index),
+                     "result": {"sent_ns": e.ts, "duration_ns": e.duration_ns, "is_error": e.is_error,
+                                "size": e.size}}]
         if t is Unexplained:
             target = self._target_id(e.target)
             return [{"id": f"u:{target}", "kind": "unexplained", "target": target, "target_kind": e.target_kind,

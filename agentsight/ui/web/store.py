@@ -242,6 +242,16 @@ class ProcessIndex:
         return out
 
 
+def _optional(db: sqlite3.Connection, sql: str, last: int) -> list[tuple]:
+    """The rows of a table an older session may not have (none then)."""
+    try:
+        return db.execute(sql, (last,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
 class Caches:
     """Small tables every answer needs, kept in memory and refreshed by rowid."""
 
@@ -251,14 +261,18 @@ class Caches:
         self.calls: dict[int, tuple[int, int]] = {}  # llm row -> (pid, started_ns)
         self.tools: dict[int, tuple[int, int, str | None, str | None]] = {}  # tool row -> (llm row, index, id, name)
         self.tools_of: dict[int, list[int]] = {}
-        self.links_of: dict[int, list[tuple[str, int, str]]] = {}  # tool row -> [(kind, target row, evidence)]
-        self.link_to: dict[tuple[str, int], tuple[int, str]] = {}  # (kind, target row) -> (tool row, evidence)
+        # tool row -> [(kind, target row, evidence, role)]; (kind, target row) -> (tool row, evidence, role)
+        self.links_of: dict[int, list[tuple[str, int, str, str]]] = {}
+        self.link_to: dict[tuple[str, int], tuple[int, str, str]] = {}
         self.unexplained: dict[tuple[str, int], str] = {}
+        self.startup: set[tuple[str, int]] = set()
+        self.results: dict[int, dict[str, Any]] = {}  # tool row -> its result going back
         self.summaries: dict[int, dict[str, Any]] = {}
         self.losses: list[dict[str, Any]] = []
-        self.last = {"llm_calls": 0, "tool_calls": 0, "links": 0, "unexplained": 0, "raw_events": 0}
+        self.last = {"llm_calls": 0, "tool_calls": 0, "links": 0, "unexplained": 0, "startup": 0, "tool_results": 0,
+                     "raw_events": 0}
         self.refreshed = 0.0
-        self.has_unexplained = True
+        self.link_roles: bool | None = None  # links.role: sessions of schema 3 on
 
     def refresh(self, db: sqlite3.Connection, every: float) -> None:
         with self.lock:
@@ -279,21 +293,31 @@ class Caches:
                 self.tools[row_id] = (llm, len(siblings), cid, name)
                 siblings.append(row_id)
                 last["tool_calls"] = row_id
-            for row_id, tool, kind, target, evidence in db.execute(
-                    "SELECT id, tool_call_id, kind, target_id, evidence FROM links WHERE id > ? ORDER BY id",
+            if self.link_roles is None:
+                self.link_roles = any(c[1] == "role" for c in db.execute("PRAGMA table_info(links)"))
+            role = "role" if self.link_roles else "'command'"
+            for row_id, tool, kind, target, evidence, link_role in db.execute(
+                    f"SELECT id, tool_call_id, kind, target_id, evidence, {role} FROM links WHERE id > ? ORDER BY id",
                     (last["links"],)):
-                self.links_of.setdefault(tool, []).append((kind, target, evidence))
-                self.link_to.setdefault((kind, target), (tool, evidence))
+                self.links_of.setdefault(tool, []).append((kind, target, evidence, link_role))
+                self.link_to.setdefault((kind, target), (tool, evidence, link_role))
                 last["links"] = row_id
-            if self.has_unexplained:
-                try:
-                    for row_id, kind, target, reason in db.execute(
-                            "SELECT id, kind, target_id, reason FROM unexplained WHERE id > ? ORDER BY id",
-                            (last["unexplained"],)):
-                        self.unexplained[(kind, target)] = reason
-                        last["unexplained"] = row_id
-                except sqlite3.OperationalError:  # a session from before unexplained activity was stored
-                    self.has_unexplained = False
+            # Tables older sessions do not have.
+            for row_id, kind, target, reason in _optional(
+                    db, "SELECT id, kind, target_id, reason FROM unexplained WHERE id > ? ORDER BY id",
+                    last["unexplained"]):
+                self.unexplained[(kind, target)] = reason
+                last["unexplained"] = row_id
+            for row_id, kind, target in _optional(
+                    db, "SELECT id, kind, target_id FROM startup WHERE id > ? ORDER BY id", last["startup"]):
+                self.startup.add((kind, target))
+                last["startup"] = row_id
+            for row_id, tool, sent, took, is_error, size in _optional(
+                    db, "SELECT id, tool_call_id, sent_ns, duration_ns, is_error, size FROM tool_results WHERE id > ? "
+                    "ORDER BY id", last["tool_results"]):
+                self.results.setdefault(tool, {"sent_ns": sent, "duration_ns": took,
+                                               "is_error": None if is_error is None else bool(is_error), "size": size})
+                last["tool_results"] = row_id
             self._scan_losses(db)
 
     def _scan_losses(self, db: sqlite3.Connection) -> None:
@@ -575,10 +599,12 @@ class SessionStore:
         caches = self.caches
         link = caches.link_to.get((kind, row_id))
         if link is not None:
-            item["link"] = {"tool": caches.tool_key(link[0]), "evidence": _loads(link[1])}
+            item["link"] = {"tool": caches.tool_key(link[0]), "evidence": _loads(link[1]), "role": link[2]}
         reason = caches.unexplained.get((kind, row_id))
         if reason is not None:
             item["unexplained"] = reason
+        if (kind, row_id) in caches.startup:
+            item["startup"] = True
 
     def _summary(self, db: sqlite3.Connection, row_id: int) -> dict[str, Any]:
         s = self.caches.summaries.get(row_id)
@@ -613,10 +639,12 @@ class SessionStore:
                          t["call_id"], _loads(t["arguments"]))
         linked = self.caches.links_of.get(t["id"], [])
         item["links_total"] = len(linked)
-        item["links"] = [self._link_target(db, kind, target, evidence) for kind, target, evidence in linked[:links]]
+        item["links"] = [self._link_target(db, *link) for link in linked[:links]]
+        item["result"] = self.caches.results.get(t["id"])
         return item
 
-    def _link_target(self, db: sqlite3.Connection, kind: str, target: int, evidence: str) -> dict[str, Any]:
+    def _link_target(self, db: sqlite3.Connection, kind: str, target: int, evidence: str,
+                     role: str) -> dict[str, Any]:
         """The link, with what it points to in short (the row under the tool call)."""
         caches = self.caches
         item: dict[str, Any] | None = None
@@ -630,7 +658,7 @@ class SessionStore:
             if row:
                 item = file_item(row, caches.index.key(caches.index.current(row["pid"], row["ts"])))
         return {"target": item["id"] if item else None, "target_kind": kind, "evidence": _loads(evidence),
-                "item": item}
+                "role": role, "item": item}
 
     # -- the process tree -----------------------------------------------------------
 

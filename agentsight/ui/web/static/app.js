@@ -100,6 +100,7 @@ const S = {
   view: null, follow: false,
   kinds: new Set(ALL_KINDS), unexplained: false, proc: null, procLabel: "", q: "",
   items: new Map(), tools: new Map(), pendingLinks: new Map(), pendingUnexplained: new Map(),
+  pendingResults: new Map(), pendingStartup: new Set(),
   counts: {}, more: {}, buckets: {}, recent: [],
   selected: null, selectedDetail: null,
   source: null, renderQueued: false, fetchSeq: 0, tree: null,
@@ -174,6 +175,7 @@ function showSessions() {
 async function openSession(sid) {
   closeLive();
   Object.assign(S, { sid, origin: 0, items: new Map(), tools: new Map(), pendingLinks: new Map(), pendingUnexplained: new Map(),
+    pendingResults: new Map(), pendingStartup: new Set(),
     selected: null, selectedDetail: null, proc: null, q: "", unexplained: false, view: null, tree: null, recent: [] });
   await loadSummary();
   S.follow = S.summary.live;
@@ -287,6 +289,7 @@ function addItem(item) {
       S.tools.set(tool.id, tool);
       const pending = S.pendingLinks.get(tool.id);
       if (pending) { for (const l of pending) addLink(l); S.pendingLinks.delete(tool.id); }
+      if (S.pendingResults.has(tool.id)) { tool.result = S.pendingResults.get(tool.id); S.pendingResults.delete(tool.id); }
     }
     if (old) S.items.get(item.id).tools = item.tools.length ? item.tools : old.tools;
     return;
@@ -296,6 +299,7 @@ function addItem(item) {
   S.items.set(item.id, merged);
   const u = S.pendingUnexplained.get(item.id);
   if (u) { merged.unexplained = u; S.pendingUnexplained.delete(item.id); }
+  if (S.pendingStartup.delete(item.id)) merged.startup = true;
   if (merged.link) touchTool(merged.link.tool);
 }
 
@@ -322,14 +326,13 @@ function addLink(l) {
     return;
   }
   if (!tool.links.some((x) => x.target === l.target)) {
-    tool.links.push({ target: l.target, target_kind: l.target_kind, evidence: l.evidence, item: l.item });
+    tool.links.push({ target: l.target, target_kind: l.target_kind, evidence: l.evidence, role: l.role, item: l.item });
     tool.links_total = Math.max(tool.links_total || 0, tool.links.length);
   }
+  const link = { tool: l.tool, evidence: l.evidence, role: l.role };
   const target = S.items.get(l.target);
-  if (target) mergeFields(target, { link: { tool: l.tool, evidence: l.evidence } });
-  else if (l.item && !filtering()) {
-    S.items.set(l.target, Object.assign({}, l.item, { link: { tool: l.tool, evidence: l.evidence }, _v: 1 }));
-  }
+  if (target) mergeFields(target, { link });
+  else if (l.item && !filtering()) S.items.set(l.target, Object.assign({}, l.item, { link, _v: 1 }));
   touchTool(l.tool);
 }
 
@@ -377,12 +380,31 @@ function openLive() {
   });
 }
 
+// A tool call's result went back to the model.
+function addResult(r) {
+  const tool = S.tools.get(r.tool);
+  if (!tool) {
+    S.pendingResults.set(r.tool, r.result);
+    return;
+  }
+  tool.result = r.result;
+  touchTool(r.tool);
+}
+
 function mergeLive(item) {
   if (item.t0 && item.t0 < S.origin) {
     S.origin = item.t0;
     if (S.follow && S.view) S.view.from = Math.min(S.view.from, item.t0);
   }
   if (item.kind === "link") return addLink(item);
+  if (item.kind === "tool_result") return addResult(item);
+  if (item.kind === "startup") {
+    const target = S.items.get(item.target);
+    if (target) mergeFields(target, { startup: true });
+    else if (item.item) S.items.set(item.target, Object.assign({}, item.item, { startup: true, _v: 1 }));
+    else S.pendingStartup.add(item.target);
+    return;
+  }
   if (item.kind === "unexplained") {
     const target = S.items.get(item.target);
     if (target) mergeFields(target, { unexplained: item.reason });
@@ -582,7 +604,7 @@ function renderChart(shown) {
       let row = rowsEnd.findIndex((e) => e + minGap < p.t0);
       if (row < 0) row = rowsEnd.length < MAX_PROCESS_ROWS ? rowsEnd.length : MAX_PROCESS_ROWS - 1;
       rowsEnd[row] = Math.max(rowsEnd[row] || 0, end);
-      const cls = `process${p.unexplained ? " unexplained" : ""}${p.link ? " linked" : ""}`;
+      const cls = `process${p.unexplained ? " unexplained" : ""}${p.link ? " linked" : ""}${p.startup ? " startup" : ""}`;
       const el = bar(p, cls, p.argv ? p.argv[0].split("/").pop() : p.comm,
         `pid ${p.pid} · ${cmdline(p.argv)} · ${ending(p)}${p.unexplained ? ` · unexplained: ${p.unexplained}` : ""}`,
         () => selectProcess(p.id));
@@ -719,7 +741,8 @@ function toolBlock(t) {
   const linked = t.links.slice(0, LINKS_SHOWN).map((l) => {
     const target = S.items.get(l.target) || l.item;
     if (!target) return row({ class: "row linked-row", dataset: { id: l.target } }, [`${l.target_kind} ${l.target}`]);
-    return target.kind === "file" ? fileRow(target, l.evidence) : processRow(target, l.evidence);
+    const shown = target.link ? target : Object.assign({}, target, { link: { tool: t.id, role: l.role } });
+    return shown.kind === "file" ? fileRow(shown, l.evidence) : processRow(shown, l.evidence);
   });
   const total = Math.max(t.links_total || 0, t.links.length);
   const more = total > linked.length ? h("div", { class: "more-links" },
@@ -731,8 +754,18 @@ function toolBlock(t) {
       h("span", { class: "tool-name" }, t.name || "?"),
       h("code", { class: "command" }, t.command !== null && t.command !== undefined ? t.command : t.args),
       t.args_cut || (t.command && t.command.length >= 2000) ? h("span", { class: "muted" }, " …") : null,
-      t.links.length ? null : h("span", { class: "muted" }, " (no activity linked)")]),
+      t.links.length ? null : h("span", { class: "muted" }, " (no activity linked)"),
+      t.result ? h("span", { class: `facts${t.result.is_error ? " failed" : ""}` }, resultText(t.result)) : null]),
     linked.length ? h("div", { class: "nested" }, linked, more) : more);
+}
+
+function resultText(r) {
+  return `result back after ${dur(r.duration_ns)}${r.is_error ? " (an error)" : ""} · ${r.size} characters`;
+}
+
+// What a linked row was to its tool call, when it was not the command's own doing.
+function roleBadge(link) {
+  return link && link.role && link.role !== "command" ? h("span", { class: `badge role ${link.role}` }, link.role) : null;
 }
 
 function processRow(p, evidence) {
@@ -742,7 +775,8 @@ function processRow(p, evidence) {
     h("span", { class: "badge process" }, "ran"),
     h("code", { class: "argv" }, cmdline(p.argv) + (p.argv_cut ? " …" : "")),
     h("span", { class: "facts" }, `pid ${p.pid} · ${ending(p)}${p.t1 ? ` · ${dur(p.t1 - p.t0)}` : ""}`),
-    p.unexplained ? h("span", { class: "badge unexplained" }, `unexplained: ${p.unexplained}`) : null],
+    p.unexplained ? h("span", { class: "badge unexplained" }, `unexplained: ${p.unexplained}`) : null,
+    p.startup ? h("span", { class: "badge startup" }, "start-up") : null, evidence ? roleBadge(p.link) : null],
     evidence ? h("div", { class: "evidence" }, evidenceText(evidence)) : null);
 }
 
@@ -753,7 +787,8 @@ function fileRow(f, evidence) {
     h("span", { class: "badge file" }, f.op),
     h("code", { class: "path" }, f.path + (f.new_path ? ` → ${f.new_path}` : "")),
     h("span", { class: "facts" }, `pid ${f.pid}`),
-    f.unexplained ? h("span", { class: "badge unexplained" }, `unexplained: ${f.unexplained}`) : null],
+    f.unexplained ? h("span", { class: "badge unexplained" }, `unexplained: ${f.unexplained}`) : null,
+    f.startup ? h("span", { class: "badge startup" }, "start-up") : null, evidence ? roleBadge(f.link) : null],
     evidence ? h("div", { class: "evidence" }, evidenceText(evidence)) : null);
 }
 
@@ -822,10 +857,13 @@ function processDetail(p) {
       h("dt", null, "parent"), h("dd", null, p.ppid !== null && p.ppid !== undefined ? `pid ${p.ppid}` : "?"),
       h("dt", null, "children"), h("dd", null, `${p.children} (${p.descendants} descendants)`)),
     p.unexplained ? h("p", { class: "badge unexplained" }, `unexplained: ${p.unexplained}`) : null,
+    p.startup ? h("p", { class: "muted" }, "start-up: the agent ran it before its first LLM call") : null,
     tool ? h("div", { class: "tool-link" }, h("h3", null, "Tool call"),
       h("a", { href: `#/s/${S.sid}/call/${encodeURIComponent(tool.call)}` }, `${tool.name || "?"} (${tool.model || "?"})`),
       h("code", { class: "command" }, tool.command !== null && tool.command !== undefined ? tool.command : tool.args),
-      h("div", { class: "evidence" }, evidenceText(p.link.evidence))) : null,
+      h("div", { class: "evidence" }, (p.link.role && p.link.role !== "command" ? `as the tool's ${p.link.role}; ` : "") +
+        evidenceText(p.link.evidence)),
+      tool.result ? h("div", { class: "muted" }, resultText(tool.result)) : null) : null,
     h("h3", null, `Files changed (${p.files.length}${p.files_more ? "+" : ""})`),
     h("ul", { class: "files" }, p.files.map((f) => h("li", null, `${f.op} `, h("code", null, f.path), f.new_path ? ` → ${f.new_path}` : ""))),
     h("div", { class: "buttons" },
@@ -960,9 +998,13 @@ async function showCall(id) {
     c.tool_calls.length ? section("Tool calls", c.tool_calls.map((tc) => h("div", { class: "tool-call", dataset: { id: tc.id } },
       h("h3", null, tc.name || "?", h("span", { class: "muted" }, tc.call_id ? ` · ${tc.call_id}` : "")),
       textBlock(c, tc.arguments, "arguments"),
+      tc.result ? h("p", { class: "muted" }, resultText(tc.result)) : null,
       h("h4", null, `Linked activity (${tc.links_total || 0})`),
-      tc.links.length ? h("div", { class: "nested" }, tc.links.map((l) => l.item ? (l.target_kind === "file" ?
-        fileRow(l.item, l.evidence) : processRow(l.item, l.evidence)) : row({ class: "row" }, [l.target]))) :
+      tc.links.length ? h("div", { class: "nested" }, tc.links.map((l) => {
+        if (!l.item) return row({ class: "row" }, [l.target]);
+        const it = Object.assign({}, l.item, { link: { tool: tc.id, role: l.role } });
+        return l.target_kind === "file" ? fileRow(it, l.evidence) : processRow(it, l.evidence);
+      })) :
         h("p", { class: "muted" }, S.summary.live ? "(none yet: links are made as the tool's activity is seen)" : "(none)")))) : null,
     section("Headers", headerTable("request", c.request_headers), headerTable("response", c.response_headers))));
   for (const row of main.querySelectorAll(".row.process")) row.addEventListener("click", () => {
