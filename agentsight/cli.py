@@ -211,7 +211,7 @@ def run_pipeline(pipeline, duration: float | None = None, live: bool = True) -> 
 
 def report_outcome(pipeline, outcome) -> None:
     capture_keys = ("ring_full_records", "ring_full_bytes", "truncated_bytes", "bad_records", "read_faults",
-                    "calls_missed")
+                    "calls_missed", "unmatched_records")
     for note in pipeline.source.notes():
         _note(note)
     if pipeline.analysis is not None:
@@ -298,8 +298,10 @@ def cmd_probes(args) -> int:
         {
             "path": f.shown_path,
             "kind": f.kind,
+            "method": f.library.how_found,
             "build_id": f.library.build_id,
             "functions": {name: offset for name, offset in sorted(f.library.functions.items(), key=lambda x: x[1])},
+            "returns": f.library.returns,
             "pids": sorted(f.pids),
             "analysis_seconds": round(f.library.analysis_seconds, 3),
             "from_cache": f.library.from_cache,
@@ -316,9 +318,11 @@ def cmd_probes(args) -> int:
             pids = ", ".join(map(str, f["pids"][:8])) + (" ..." if len(f["pids"]) > 8 else "")
             how = "from cache" if f["from_cache"] else f"analysed in {f['analysis_seconds']:.3f} s"
             print(f"{f['path']}\n  kind: {f['kind']}   build id: {f['build_id'] or '-'}   ({how})"
-                  + (f"\n  used by pids: {pids}" if pids else ""))
+                  + f"\n  found by: {f['method']}" + (f"\n  used by pids: {pids}" if pids else ""))
             for name, offset in f["functions"].items():
-                print(f"    {name:<20} offset {offset:#x}")
+                rets = f["returns"].get(name)
+                at_returns = f"   returns at {', '.join(f'{r:#x}' for r in rets)}" if rets else ""
+                print(f"    {name:<26} offset {offset:#x}{at_returns}")
                 if name in f["identified_by"]:
                     print(f"      identified: {f['identified_by'][name]}")
         if not found:

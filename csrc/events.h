@@ -63,7 +63,31 @@ enum ssl_fn {
 	 * agentsight/collectors/tls/openssl.py). */
 	FN_SSL_WRITE_INTERNAL = 10,
 	FN_SSL_READ_INTERNAL = 11,
+	/* Go's crypto/tls (csrc/go_tls.bpf.c). */
+	FN_GO_TLS_WRITE = 12,
+	FN_GO_TLS_READ = 13,
+	FN_GO_TLS_CLOSE = 14,
+	/* The AEAD layer of aws-lc / BoringSSL (csrc/aead_tls.bpf.c). */
+	FN_AEAD_SEAL = 15,
+	FN_AEAD_SEAL_SCATTER = 16,
+	FN_AEAD_OPEN = 17,
+	FN_AEAD_INIT = 18,
+	FN_AEAD_INIT_WITH_DIRECTION = 19,
+	FN_SOCKET_CLOSE = 20, /* close(2) of the socket under an AEAD connection */
+	/* ring's AEAD algorithms (Rust ABI: see csrc/aead_tls.bpf.c). */
+	FN_RING_AES_GCM_SEAL = 21,
+	FN_RING_AES_GCM_OPEN = 22,
+	FN_RING_CHACHA_SEAL = 23,
+	FN_RING_CHACHA_OPEN = 24,
+	FN_RING_AES_GCM_INIT_128 = 25,
+	FN_RING_AES_GCM_INIT_256 = 26,
+	FN_RING_CHACHA_INIT = 27,
 };
+
+/* Where each object's connection ids start, so that ids from two objects
+ * never collide in one process: ssl.bpf.c counts from 1. */
+#define CONN_ID_BASE_GO (1ULL << 40)
+#define CONN_ID_BASE_AEAD (2ULL << 40)
 
 enum ssl_dir {
 	DIR_SEND = 0,
@@ -183,7 +207,8 @@ enum stat_index {
 	STAT_RING_FULL_BYTES = 1,/* data bytes those records would have carried */
 	STAT_CALLS_MISSED = 2,   /* TLS calls missed: no memory to note their entry */
 	STAT_READ_FAULT = 3,     /* user memory that could not be read */
-	STAT_MAX = 4,
+	STAT_UNMATCHED = 4,      /* AEAD records whose connection or record type was not found */
+	STAT_MAX = 5,
 };
 
 #endif

@@ -20,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 # chromium: BoringSSL in a stripped executable, built by another toolchain;
 # g++: the BoringSSL-shaped test program is built by gcc as well as clang.
 packages="clang llvm libbpf-dev libbpf1 libelf1 bpftool curl ca-certificates util-linux gnutls-bin
-          python3-venv mmdebstrap golang-go systemd chromium g++"
+          python3-venv mmdebstrap golang-go systemd chromium g++ gcc libc6-dev binutils"
 # node and npm: any version will do; only install Debian's if there are none.
 command -v node >/dev/null || packages="$packages nodejs"
 command -v npm >/dev/null || packages="$packages npm"
@@ -38,6 +38,19 @@ if [ ! -x "$bun_dir/package/bin/bun" ]; then
         && rm -f oven-bun-linux-x64-*.tgz)
 fi
 export AGENTSIGHT_TEST_BUN="$bun_dir/package/bin/bun"
+
+# esbuild releases from the npm registry: stripped Go programs built by Go
+# 1.16 (refused: stack ABI), 1.17, 1.19, 1.20 and 1.23.
+esbuild_dir=/opt/agentsight-test/esbuild
+for v in 0.11.23 0.12.29 0.14.54 0.19.12 0.25.12; do
+    [ -x "$esbuild_dir/esbuild-$v" ] && continue
+    case $v in 0.1[0-4].*|0.[0-9].*) pkg=esbuild-linux-64 ;; *) pkg=@esbuild/linux-x64 ;; esac
+    echo "scripts/test.sh: installing esbuild $v into $esbuild_dir"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$pkg@$v" >/dev/null && tar xzf ./*.tgz package/bin/esbuild)
+    mkdir -p "$esbuild_dir" && mv "$tmp/package/bin/esbuild" "$esbuild_dir/esbuild-$v" && rm -rf "$tmp"
+done
+export AGENTSIGHT_TEST_ESBUILD="$esbuild_dir"
 
 PYTHON=${PYTHON:-python3}
 venv=${AGENTSIGHT_TEST_VENV:-$PWD/.test-venv}

@@ -91,7 +91,7 @@ def _construct_offsets(layout) -> list[tuple[str, int]]:
     return offsets
 
 
-@pytest.mark.parametrize("obj", ["ssl.bpf.o", "process.bpf.o"])
+@pytest.mark.parametrize("obj", ["ssl.bpf.o", "process.bpf.o", "go_tls.bpf.o", "aead_tls.bpf.o"])
 def test_construct_layouts_match_the_compiled_structs(obj):
     if not shutil.which("bpftool"):
         pytest.fail("bpftool is not installed; the test setup installs it (scripts/test.sh)")
@@ -175,3 +175,12 @@ def test_exec_argv_split():
     (ev,) = decoder.decode([rec])
     assert ev.argv == ["sh", "-c", "echo hi"] and ev.filename == "/bin/sh"
     assert ev.cwd == "/home/alice/project"
+
+
+def test_function_names_follow_the_c_enum():
+    """SSL_FUNCTIONS[i] names the function whose enum ssl_fn value is i."""
+    header = (REPO / "csrc" / "events.h").read_text()
+    enum = re.search(r"enum ssl_fn \{(.*?)\};", header, re.S).group(1)
+    values = [int(v) for v in re.findall(r"FN_\w+ = (\d+)", enum)]
+    from agentsight.collectors.records import SSL_FUNCTIONS
+    assert values == list(range(len(SSL_FUNCTIONS)))

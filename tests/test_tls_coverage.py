@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -173,4 +174,7 @@ def test_python_in_another_mount_namespace(https_server, capture, tmp_path):
     events, stderr = run.stop()
     assert stream(events, proc.pid, "send").endswith(b"from-another-namespace"), stderr
     assert stream(events, proc.pid, "recv").endswith(b"echo:from-another-namespace")
-    assert "hooked 1 more files while running (" in stderr
+    # At least its libssl; Go and Rust programs that other processes start
+    # meanwhile are TLS files too.
+    hooked = re.search(r"hooked (\d+) more files while running \(", stderr)
+    assert hooked and int(hooked.group(1)) >= 1, stderr

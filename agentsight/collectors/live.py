@@ -131,6 +131,9 @@ def print_losses(seconds: float, counts: dict[str, int], losses: dict[str, int],
     if losses.get("calls_missed"):
         print(f"agentsight: {losses['calls_missed']} TLS calls were missed: the kernel had no memory to note their "
               "start", file=stream)
+    if losses.get("unmatched_records"):
+        print(f"agentsight: {losses['unmatched_records']} TLS records seen at the AEAD layer were dropped: their "
+              "connection or record type was not found", file=stream)
     for key, n in sorted(losses.items()):
         if key.startswith("bad_record: "):
             print(f"agentsight:   {key.replace('bad_record: ', 'bad record: ')}: {n}", file=stream)

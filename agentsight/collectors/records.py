@@ -37,10 +37,15 @@ KIND_OFFSET = 20  # offset of event_header.kind
 
 SSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake",
                  "gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "SSL_free", "gnutls_deinit",
-                 "ssl_write_internal", "ssl_read_internal")
+                 "ssl_write_internal", "ssl_read_internal",
+                 "crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Close",
+                 "EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_seal_scatter", "EVP_AEAD_CTX_open", "EVP_AEAD_CTX_init",
+                 "EVP_AEAD_CTX_init_with_direction", "close",
+                 "aes_gcm_seal", "aes_gcm_open", "chacha20_poly1305_seal", "chacha20_poly1305_open",
+                 "aes_gcm_init_128", "aes_gcm_init_256", "chacha20_poly1305_init")
 SSL_DIRECTIONS = ("send", "recv", "handshake", "close")
 
-STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_missed", "read_faults")
+STAT_NAMES = ("ring_full_records", "ring_full_bytes", "calls_missed", "read_faults", "unmatched_records")
 
 _HEADER = (
     "ts_ns" / Int64ul,

@@ -19,18 +19,28 @@ from .records import EVENT_TLS_NOTICE, FAST, NOTICE_EXEC, NOTICE_OPEN, SSL_FUNCT
 from .base import Collector, Filters
 from .hold import HoldProcess, kernel_dev
 from .tls.discovery import Discovery, TlsFile
-from .tls.libraries import NeedsAnalysis
+from .tls.libraries import AEAD_KINDS, GO_CRYPTO_TLS, NeedsAnalysis
 
 # The cookie the entry program is given for each function (enum ssl_fn).
 FUNCTION_COOKIES = {name: i for i, name in enumerate(SSL_FUNCTIONS)}
-# Functions whose return is not needed: they only end a session.
-NO_RETURN_PROBE = {"SSL_free", "gnutls_deinit"}
+# Functions whose return is not needed: they end a session, or all they
+# say is in their arguments.
+NO_RETURN_PROBE = {"SSL_free", "gnutls_deinit", "EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_seal_scatter",
+                   "EVP_AEAD_CTX_init", "EVP_AEAD_CTX_init_with_direction", "aes_gcm_seal",
+                   "chacha20_poly1305_seal", "aes_gcm_init_128", "aes_gcm_init_256", "chacha20_poly1305_init"}
 ENTRY_PROGRAM, RETURN_PROGRAM = "tls_enter", "tls_return"
 NOTICE_PROGRAMS = ("notice_exec",)
 NOTICE_OPEN_PROGRAMS = ("notice_openat_enter", "notice_openat_exit")
 
 DEFAULT_MAX_CAPTURE = 1 << 20
 KNOWN_EXES_MAX = 16384  # as many as csrc/ssl.bpf.c's known_exes holds
+# Kinds hooked by an object of their own rather than ssl.bpf.o: kind ->
+# (object, entry program, program on each return instruction).
+STACK_OBJECTS = {GO_CRYPTO_TLS: ("go_tls.bpf.o", "go_tls_enter", "go_tls_return"),
+                 **{kind: ("aead_tls.bpf.o", "aead_enter", "aead_open_return") for kind in AEAD_KINDS}}
+# aead_tls.bpf.o's syscall tracepoints: which socket each key belongs to,
+# and when it closes. Attached with the first file of an AEAD kind.
+AEAD_TRACEPOINTS = ("aead_read", "aead_readv", "aead_recvfrom", "aead_recvmsg", "aead_close")
 
 
 def uprobe_attach_mode() -> str:
@@ -49,8 +59,22 @@ def uprobe_attach_mode() -> str:
 def attach_tls_file(obj: BpfObject, f: TlsFile, mode: str, pid: int | None = None,
                     entry: str = ENTRY_PROGRAM, ret: str = RETURN_PROGRAM) -> None:
     """The entry program on every TLS function of `f`, the return program on
-    those whose result is reported; `mode` is uprobe_attach_mode()'s."""
+    those whose result is reported; `mode` is uprobe_attach_mode()'s. Where
+    the library lists a function's return instructions, the return program
+    is a plain uprobe on each of them instead of a uretprobe."""
     functions = sorted(f.library.functions.items())
+    if f.library.returns:
+        at_returns = sorted((fn, offset) for fn, offsets in f.library.returns.items() for offset in offsets)
+        if mode == "multi":
+            obj.attach_uprobe_multi(entry, f.path, [o for _, o in functions],
+                                    [FUNCTION_COOKIES[fn] for fn, _ in functions], pid=pid or 0)
+            obj.attach_uprobe_multi(ret, f.path, [o for _, o in at_returns],
+                                    [FUNCTION_COOKIES[fn] for fn, _ in at_returns], pid=pid or 0)
+        else:
+            for fn, offset in functions + at_returns:
+                program = entry if (fn, offset) in functions else ret
+                obj.attach_uprobe(program, f.path, offset, pid=pid or -1, cookie=FUNCTION_COOKIES[fn])
+        return
     returning = [(fn, offset) for fn, offset in functions if fn not in NO_RETURN_PROBE]
     # A pid given to the uprobe itself keeps the breakpoint out of every
     # other process; the in-kernel filter stays as well. A uretprobe
@@ -97,10 +121,12 @@ class SslCollector(Collector):
         self.hook_delays_ms: list[float] = []
         self._notices: queue.Queue = queue.Queue()  # what the analysis worker has to do
         self._worker: threading.Thread | None = None
+        self._preloader: threading.Thread | None = None
         self._notice_reader: threading.Thread | None = None
         self._stopping = threading.Event()
         self.bad_notices = 0
         self._attach_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._reported_notes = 0
         # Programs started while running whose TLS code is not hooked yet are
         # held (see hold.py) until it is: nothing of theirs runs unhooked.
@@ -122,12 +148,12 @@ class SslCollector(Collector):
             files = self.discovery.initial(self.filters.pid)
         disabled = frozenset(NOTICE_PROGRAMS + NOTICE_OPEN_PROGRAMS) if self.binary else frozenset()
         self.attach_mode = uprobe_attach_mode()
-        attach_types = {ENTRY_PROGRAM: BPF_TRACE_UPROBE_MULTI, RETURN_PROGRAM: BPF_TRACE_UPROBE_MULTI} \
-            if self.attach_mode == "multi" else {}
         obj = BpfObject("ssl.bpf.o", self.filters.config(self.max_capture, self.wakeup_bytes),
-                        self.ring_size, disabled, attach_types,
+                        self.ring_size, disabled, self._attach_types(ENTRY_PROGRAM, RETURN_PROGRAM),
                         shared_maps=self.shared_maps() if self.shared_maps else None)
         self.objects.append(obj)
+        self._stack_objects: dict[str, BpfObject] = {}
+        self._following: set[BpfObject] = set()
         for f in files:
             self._hook(f)
         self._flush_notes()
@@ -150,6 +176,8 @@ class SslCollector(Collector):
             self._start_holding(obj)
         self._worker = threading.Thread(target=self._work, name="agentsight-tls-analysis", daemon=True)
         self._worker.start()
+        self._preloader = threading.Thread(target=self._preload, name="agentsight-tls-objects", daemon=True)
+        self._preloader.start()
         self._notice_reader = threading.Thread(target=self._read_notices, name="agentsight-tls-notices",
                                                daemon=True)
         self._notice_reader.start()
@@ -166,9 +194,43 @@ class SslCollector(Collector):
             self._hook(found)
         self._flush_notes()
 
+    def _attach_types(self, *programs: str) -> dict[str, int]:
+        return dict.fromkeys(programs, BPF_TRACE_UPROBE_MULTI) if self.attach_mode == "multi" else {}
+
+    def _object_for(self, kind: str) -> tuple[BpfObject, str, str]:
+        """The object that hooks files of `kind`; it writes into ssl.bpf.o's
+        ring and follows its filters."""
+        if kind not in STACK_OBJECTS:
+            return self.objects[0], ENTRY_PROGRAM, RETURN_PROGRAM
+        name, entry, ret = STACK_OBJECTS[kind]
+        # Loading takes tens of milliseconds: never under the attach lock,
+        # which the hooking of every other file waits for.
+        with self._load_lock:
+            obj = self._stack_objects.get(name)
+            if obj is None:
+                ssl = self.objects[0]
+                obj = BpfObject(name, self.filters.config(self.max_capture, self.wakeup_bytes), 4096,
+                                attach_types=self._attach_types(entry, ret),
+                                shared_maps={"events": ssl.map_fd("events"), "traced": ssl.map_fd("traced")})
+                self._stack_objects[name] = obj
+                self.objects.append(obj)
+        return obj, entry, ret
+
+    def _preload(self) -> None:
+        """Loads the other TLS objects in the background, so that a program
+        seen for the first time is hooked without waiting for its object."""
+        for kind in {spec[0]: kind for kind, spec in STACK_OBJECTS.items()}.values():  # a kind of each object
+            try:
+                self._object_for(kind)
+            except AgentsightError as exc:
+                self.report(exc.message.splitlines()[0])
+
     def _hook(self, f: TlsFile) -> None:
+        obj, entry, ret = self._object_for(f.kind)
         with self._attach_lock:
-            attach_tls_file(self.objects[0], f, self.attach_mode, self.filters.pid)
+            attach_tls_file(obj, f, self.attach_mode, self.filters.pid, entry, ret)
+            if f.kind in AEAD_KINDS:
+                self._follow_sockets(obj, f)
             self.hooked.append(f)
 
     def _start_holding(self, obj: BpfObject) -> None:
@@ -190,6 +252,23 @@ class SslCollector(Collector):
                 return
             self._known_exes.add(key)
             self.objects[0].update("known_exes", struct.pack("<QQ", *key), b"\1")
+
+    def _follow_sockets(self, obj: BpfObject, f: TlsFile) -> None:
+        """The threads of this executable have their socket reads noted, to
+        tie each AEAD key to its connection."""
+        obj.update("aead_exes", struct.pack("<Q", os.stat(f.path).st_ino), b"\1")
+        if obj in self._following:
+            return
+        self._following.add(obj)
+
+        def attach_socket_tracepoints() -> None:
+            for program in AEAD_TRACEPOINTS:
+                obj.attach(program)
+        try:
+            with_tracefs(attach_socket_tracepoints)
+        except OSError as exc:
+            self.report(f"{exc.strerror}: TLS records seen at the AEAD layer cannot be tied to their connections "
+                        "and are dropped (counted)")
 
     def _read_notices(self) -> None:
         """Its own thread: what is known already is hooked right away, the race
@@ -308,5 +387,8 @@ class SslCollector(Collector):
             self._notices.put(None)
             self._worker.join()
             self._worker = None
+        if self._preloader is not None:
+            self._preloader.join()  # an object it loads must be closed too
+            self._preloader = None
         super().close()
         self.discovery.close()

@@ -190,8 +190,8 @@ class Discovery:
             linked = _linked_tls_libraries(path)
             hint = (f"; it loads {', '.join(linked)}, which `agentsight ssl` hooks without --binary"
                     if linked else "")
-            raise AgentsightError(f"--binary {path}: no TLS library recognised in it "
-                                  f"(no OpenSSL, BoringSSL or GnuTLS functions){hint}", exit_code=2)
+            raise AgentsightError(f"--binary {path}: no TLS library recognised in it (no OpenSSL, BoringSSL, "
+                                  f"GnuTLS, Go crypto/tls or rustls functions){hint}", exit_code=2)
         st = os.stat(path)
         found = TlsFile(path, path, library)
         self.files[(st.st_dev, st.st_ino)] = found

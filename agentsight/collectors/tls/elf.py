@@ -44,10 +44,15 @@ def _symbol_lookup(elf: ELFFile):
 
 
 def build_id(elf: ELFFile) -> str | None:
+    """The GNU build id, or else the build id Go's linker writes."""
+    go_id = None
     for section in elf.iter_sections():
         if section["sh_type"] != "SHT_NOTE":
             continue
         for note in section.iter_notes():
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 return note["n_desc"]
-    return None
+            # Go's note: name "Go", type 4 (which pyelftools reads as a GNU type).
+            if note["n_name"] == "Go" and section.name == ".note.go.buildid" and isinstance(note["n_desc"], bytes):
+                go_id = "go:" + note["n_desc"].decode("ascii", "replace")
+    return go_id

@@ -18,21 +18,29 @@ from pathlib import Path
 import orjson
 from elftools.common.exceptions import ELFError
 
-from . import boringssl, openssl
+from . import aead, boringssl, golang, openssl, ring
 from .elf import build_id, open_elf, symbol_offsets
 
 OPENSSL = "openssl"                # libssl.so, any version
 OPENSSL_STATIC = "openssl-static"  # OpenSSL linked into an executable that exports it (node)
 BORINGSSL = "boringssl-stripped"   # BoringSSL linked in, no symbols (Bun)
 GNUTLS = "gnutls"
+GO_CRYPTO_TLS = "go-crypto-tls"    # Go's crypto/tls, found through Go's function table
+RUSTLS_AWS_LC = "rustls-aws-lc"    # rustls on aws-lc-rs: hooked at aws-lc's AEAD functions
+RUSTLS_RING = "rustls-ring"        # rustls on ring: hooked at ring's AEAD algorithms
+# Hooked at their AEAD layer: rustls, and any TLS stack on aws-lc or BoringSSL.
+AEAD_KINDS = (RUSTLS_AWS_LC, RUSTLS_RING, "ring-aead", "aws-lc-aead", "boringssl-aead")
 
 OPENSSL_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake", "SSL_free")
 GNUTLS_FUNCTIONS = ("gnutls_record_send", "gnutls_record_recv", "gnutls_handshake", "gnutls_deinit")
-_ANALYSIS_VERSION = "3"
+_ANALYSIS_VERSION = "4"  # 4: Go crypto/tls and rustls are TLS files
 # Files found to hold no TLS code, by device, inode, size and mtime: a
 # program seen before is known without opening it, and never held (hold.py).
-_KNOWN_FILES = "files-without-tls.json"
+_KNOWN_FILES = f"files-without-tls-{_ANALYSIS_VERSION}.json"  # what "no TLS" means changes with it
 _MAX_KNOWN_FILES = 8192
+# How each kind's functions are found, unless the library says otherwise.
+METHODS = {OPENSSL: "exported symbols", OPENSSL_STATIC: "exported symbols", GNUTLS: "exported symbols",
+           BORINGSSL: "ssl_lib.cc error calls: reason codes and data flow"}
 
 
 @dataclass
@@ -47,6 +55,14 @@ class TlsLibrary:
     # with the same build id (`bun build --compile` output) is hooked at the
     # cached offsets only if the same code is there.
     entry_bytes: dict[str, str] = field(default_factory=dict)
+    # Functions whose result is read at each return instruction instead of
+    # by a uretprobe: function name -> file offsets of those instructions.
+    returns: dict[str, list[int]] = field(default_factory=dict)
+    method: str = ""
+
+    @property
+    def how_found(self) -> str:
+        return self.method or METHODS.get(self.kind, "")
 
 
 _LIBRARY_FIELDS = frozenset(TlsLibrary.__dataclass_fields__)
@@ -151,12 +167,30 @@ class LibraryAnalyzer:
                     return cached
                 if quick:
                     raise NeedsAnalysis(path)
-                functions = symbol_offsets(elf, OPENSSL_FUNCTIONS + GNUTLS_FUNCTIONS)
-                library = _from_symbols(_is_shared_library(elf), functions, bid)
+                # Go first: its function table answers in milliseconds, where
+                # the symbol table of an unstripped Go program takes a second.
+                library = _go(path, bid)
+                if library is None:
+                    functions = symbol_offsets(elf, OPENSSL_FUNCTIONS + GNUTLS_FUNCTIONS)
+                    library = _from_symbols(_is_shared_library(elf), functions, bid)
                 if library is not None and library.kind in (OPENSSL, OPENSSL_STATIC):
                     library.functions = openssl.reroute(f, library.functions)
                 if library is None:
-                    library = self._stripped_boringssl(f, path, bid)
+                    try:
+                        library = self._stripped_boringssl(f, path, bid)
+                    except AnalysisFailed:
+                        # Its record layer may still be hooked underneath;
+                        # if not, BoringSSL's reason is the one to give.
+                        try:
+                            library = _aead(path, bid)
+                        except AnalysisFailed:
+                            library = None
+                        if library is None:
+                            raise
+                if library is None:
+                    library = _aead(path, bid)
+                if library is None:
+                    library = _ring(path, bid)
         except AnalysisFailed as exc:
             entry = _Entry(None, str(exc), exc.detail)
             self._remember(bid, entry, shown_path)
@@ -312,6 +346,41 @@ def _same_code(f, library: TlsLibrary | None) -> bool:
 
 def _file_id(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _go(path: str, bid: str | None) -> TlsLibrary | None:
+    try:
+        found = golang.locate(path)
+    except golang.LocateError as exc:
+        raise AnalysisFailed(f"Go crypto/tls found but not hooked: {exc}") from None
+    if found is None:
+        return None
+    return TlsLibrary(GO_CRYPTO_TLS, found.functions, bid, returns=found.returns,
+                      method=f"Go function table ({found.go_version}), returns by disassembly")
+
+
+def _aead(path: str, bid: str | None) -> TlsLibrary | None:
+    try:
+        found = aead.locate(path)
+    except aead.LocateError as exc:
+        raise AnalysisFailed(f"AEAD functions found but not told apart: {exc}") from None
+    if found is None:
+        return None
+    kind = RUSTLS_AWS_LC if found.rustls and found.library == "aws-lc" else f"{found.library}-aead"
+    return TlsLibrary(kind, found.functions, bid,
+                      method="aead.c error reason codes; keys tied to the socket their thread last read")
+
+
+def _ring(path: str, bid: str | None) -> TlsLibrary | None:
+    try:
+        found = ring.locate(path)
+    except ring.LocateError as exc:
+        raise AnalysisFailed(f"ring found but its AEAD algorithms not located: {exc}") from None
+    if found is None:
+        return None
+    return TlsLibrary(RUSTLS_RING if found.rustls else "ring-aead", found.functions, bid,
+                      method="ring's Algorithm statics; keys tied to the socket their thread last read "
+                      "when a key was made")
 
 
 def _is_shared_library(elf) -> bool:
