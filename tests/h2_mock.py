@@ -192,7 +192,9 @@ class H2Mock:
         config.bind = [f"fd://{sock.detach()}"]
         config.certfile, config.keyfile = cert, key
         config.accesslog = config.errorlog = None
-        config.keep_alive_timeout = 30
+        # hypercorn can drop a connection that is just starting when its keep-alive
+        # timer fires (seen as a WebSocket handshake never answered): never, here
+        config.keep_alive_timeout = 3600
         self._thread = threading.Thread(target=self._run, args=(config,), name="h2-mock", daemon=True)
         self._thread.start()
         if not self._ready.wait(20) or self._error is not None:
