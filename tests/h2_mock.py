@@ -32,6 +32,18 @@ from llm_mock import (Script, anthropic_events, anthropic_response, chat_events,
                       sse)
 
 
+class _Config(Config):
+    def create_ssl_context(self) -> Any:
+        context = super().create_ssl_context()
+        # No TLS 1.3 session tickets after the handshake: the websockets sync client
+        # reads in one thread while it writes its upgrade request in another, and an
+        # SSL object handling a ticket in SSL_read can then lose that write (the
+        # handshake hangs, 1 in ~20 connects, with or without a capture running).
+        if context is not None:
+            context.num_tickets = 0
+        return context
+
+
 class H2Mock:
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
@@ -187,14 +199,12 @@ class H2Mock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.port = sock.getsockname()[1]
-        config = Config()
+        config = _Config()
         # hypercorn owns the socket from here on (and closes it): ours must not close its fd later
         config.bind = [f"fd://{sock.detach()}"]
         config.certfile, config.keyfile = cert, key
         config.accesslog = config.errorlog = None
-        # hypercorn can drop a connection that is just starting when its keep-alive
-        # timer fires (seen as a WebSocket handshake never answered): never, here
-        config.keep_alive_timeout = 3600
+        config.keep_alive_timeout = 3600  # a connection lives as long as its test: never closed as idle
         self._thread = threading.Thread(target=self._run, args=(config,), name="h2-mock", daemon=True)
         self._thread.start()
         if not self._ready.wait(20) or self._error is not None:
