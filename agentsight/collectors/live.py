@@ -23,8 +23,8 @@ REORDER_NS = 250_000_000
 def data_time(ev: RawEvent) -> int:
     """When an event's data moved: a write's plaintext was handed over when
     the call began, everything else is reported when it returns."""
-    if type(ev) is TlsData and ev.dir == "send":  # type: ignore[attr-defined]
-        return ev.ts - ev.latency_ns  # type: ignore[attr-defined]
+    if type(ev) is TlsData and ev.dir == "send":
+        return ev.ts - ev.latency_ns
     return ev.ts
 
 

@@ -200,13 +200,18 @@ class Discovery:
 
 def _linked_tls_libraries(path: str) -> list[str]:
     from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
 
     from .elf import open_elf
 
     try:
         with open(path, "rb") as f:
             dynamic = open_elf(f).get_section_by_name(".dynamic")
-            needed = [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"] if dynamic else []
+            needed: list[str] = []
+            if isinstance(dynamic, DynamicSection):
+                for tag in dynamic.iter_tags():
+                    if tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(tag.needed)  # type: ignore[attr-defined]  # set on DT_NEEDED tags only
     except (OSError, ELFError):
         return []
     return [n for n in needed if re.match(r"lib(ssl|gnutls)\.so", n)]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.hash import GNUHashSection
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 
 def open_elf(f) -> ELFFile:
@@ -29,9 +31,10 @@ def _symbol_lookup(elf: ELFFile):
     # The GNU hash table answers by name without reading all of .dynsym,
     # which for node holds tens of thousands of symbols.
     gnu_hash = elf.get_section_by_name(".gnu.hash")
-    if gnu_hash is not None:
+    if isinstance(gnu_hash, GNUHashSection):
         return gnu_hash.get_symbol
-    tables = [s for s in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")) if s is not None]
+    tables = [s for s in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab"))
+              if isinstance(s, SymbolTableSection)]
 
     def lookup(name):
         for table in tables:
@@ -47,7 +50,7 @@ def build_id(elf: ELFFile) -> str | None:
     """The GNU build id, or else the build id Go's linker writes."""
     go_id = None
     for section in elf.iter_sections():
-        if section["sh_type"] != "SHT_NOTE":
+        if not isinstance(section, NoteSection):
             continue
         for note in section.iter_notes():
             if note["n_type"] == "NT_GNU_BUILD_ID":

@@ -238,15 +238,15 @@ class LibraryAnalyzer:
             # No build id: identify the build by its content, read in pieces
             # (a 300 MB executable is not held in memory at once).
             digest = hashlib.sha256()
-            found = False
+            marked = False
             tail = b""
             f.seek(0)
             while piece := f.read(8 << 20):
-                found = found or boringssl.FILE_NAME in tail + piece[:len(boringssl.FILE_NAME)] \
+                marked = marked or boringssl.FILE_NAME in tail + piece[:len(boringssl.FILE_NAME)] \
                     or boringssl.FILE_NAME in piece
                 tail = piece[-len(boringssl.FILE_NAME):]
                 digest.update(piece)
-            if not found:
+            if not marked:
                 return None
             bid = "sha256:" + digest.hexdigest()
             cached = self._cached(bid)
