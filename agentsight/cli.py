@@ -289,7 +289,7 @@ def cmd_probes(args) -> int:
             try:
                 files.append(discovery.binary(path))
             except AgentsightError as exc:
-                discovery.notes.append(exc.message.removeprefix("--binary "))
+                discovery.notes.append(exc.message)
     elif args.pid:
         files = discovery.scan_process(args.pid)
     else:
@@ -460,6 +460,16 @@ COMMANDS = {"ssl": cmd_ssl, "process": cmd_process, "probes": cmd_probes, "trace
 NEEDS_BPF = {"ssl", "process", "trace", "record"}
 
 
+# Library parameters whose option is not simply the same name with dashes.
+OPTION_OF = {"endpoint": "--otlp"}
+
+
+def _as_cli_error(exc: AgentsightError) -> str:
+    if not exc.parameter:
+        return exc.message
+    return f"{OPTION_OF.get(exc.parameter) or '--' + exc.parameter.replace('_', '-')} {exc.message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -477,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             check_can_trace()
         return COMMANDS[args.command](args)
     except AgentsightError as exc:
-        print(f"agentsight: {exc.message}", file=sys.stderr)
+        print(f"agentsight: {_as_cli_error(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -386,7 +386,7 @@ def test_options_and_errors_a_user_sees(tmp_path):
             f"sys.exit(main(['export', {str(session)!r}, '--otlp', 'http://127.0.0.1:9']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2 and r.stderr == (
-        "agentsight: --otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
+        "agentsight: OTLP export needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
         "pip install 'agentsight[otlp]'\n"), r.stderr
 
 

@@ -86,7 +86,7 @@ def test_otlp_without_the_extra_says_what_to_install(installed, tmp_path):
     result = subprocess.run([str(python), "-m", "agentsight", "export", str(tmp_path / "s.db"), "--otlp",
                              "http://127.0.0.1:9"], capture_output=True, text=True, cwd=elsewhere, timeout=60)
     assert result.returncode == 2 and result.stderr == (
-        "agentsight: --otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
+        "agentsight: OTLP export needs the OpenTelemetry SDK and its OTLP exporter, which are not installed: "
         "pip install 'agentsight[otlp]'\n"), result.stderr
 
 

@@ -105,7 +105,8 @@ class SslCollector(Collector):
                  shared_maps: Callable[[], dict[str, int]] | None = None, hold: bool = False):
         super().__init__()
         if not 0 < max_capture <= 1 << 28:
-            raise AgentsightError(f"--max-capture must be between 1 and {1 << 28} bytes", exit_code=2)
+            raise AgentsightError(f"must be between 1 and {1 << 28} bytes, not {max_capture}", exit_code=2,
+                                  parameter="max_capture")
         self.filters = filters
         self.ring_size = ring_size
         self.wakeup_bytes = wakeup_bytes

@@ -77,8 +77,8 @@ class OtlpOptions:
         if self.endpoint:
             parts = urlsplit(self.endpoint)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise AgentsightError(f"--otlp {self.endpoint}: not an OTLP endpoint URL "
-                                      "(for example http://collector:4318)", exit_code=2)
+                raise AgentsightError(f"{self.endpoint}: not an OTLP endpoint URL "
+                                      "(for example http://collector:4318)", exit_code=2, parameter="endpoint")
         self._modules()  # the SDK is there, before anything else starts
 
     def shown(self) -> str:
@@ -116,7 +116,7 @@ class OtlpOptions:
         try:
             from opentelemetry.exporter.otlp.proto.http import metric_exporter, trace_exporter  # type: ignore[no-redef]
         except ImportError:
-            raise AgentsightError("--otlp needs the OpenTelemetry SDK and its OTLP exporter, which are not "
+            raise AgentsightError("OTLP export needs the OpenTelemetry SDK and its OTLP exporter, which are not "
                                   f"installed: {INSTALL_HINT}", exit_code=2) from None
         return trace_exporter, metric_exporter
 

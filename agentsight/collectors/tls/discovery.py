@@ -176,22 +176,23 @@ class Discovery:
         return self.add(full, path, pid, quick)
 
     def binary(self, path: str) -> TlsFile:
-        """--binary: exactly this file, which must hold TLS functions."""
+        """Exactly this file, which must hold TLS functions."""
         if not os.path.isfile(path):
-            raise AgentsightError(f"--binary {path}: no such file", exit_code=2)
+            raise AgentsightError(f"{path}: no such file", exit_code=2, parameter="binary")
         try:
             library = self.analyzer.analyze(path, os.path.abspath(path))
         except AnalysisFailed as exc:
             self.failures.append({"path": path, "reason": str(exc), "detail": exc.detail})
-            raise AgentsightError(f"--binary {path}: {exc}", exit_code=2) from None
+            raise AgentsightError(f"{path}: {exc}", exit_code=2, parameter="binary") from None
         except OSError as exc:
-            raise AgentsightError(f"--binary {path}: cannot read it ({exc.strerror})", exit_code=2) from None
+            raise AgentsightError(f"{path}: cannot read it ({exc.strerror})", exit_code=2,
+                                  parameter="binary") from None
         if library is None:
             linked = _linked_tls_libraries(path)
-            hint = (f"; it loads {', '.join(linked)}, which `agentsight ssl` hooks without --binary"
-                    if linked else "")
-            raise AgentsightError(f"--binary {path}: no TLS library recognised in it (no OpenSSL, BoringSSL, "
-                                  f"GnuTLS, Go crypto/tls or rustls functions){hint}", exit_code=2)
+            hint = f"; it loads {', '.join(linked)}, which are hooked when no binary is named" if linked else ""
+            raise AgentsightError(f"{path}: no TLS library recognised in it (no OpenSSL, BoringSSL, "
+                                  f"GnuTLS, Go crypto/tls or rustls functions){hint}", exit_code=2,
+                                  parameter="binary")
         st = os.stat(path)
         found = TlsFile(path, path, library)
         self.files[(st.st_dev, st.st_ino)] = found
