@@ -242,6 +242,26 @@ def test_openai_chat_stream_parallel_tool_calls_and_usage():
     assert call["first_token_ns"] is not None
 
 
+@pytest.mark.parametrize("cuts", [None, "every_byte"])
+def test_openai_compatible_reasoning_deltas_beside_content(cuts):
+    """vLLM, DeepSeek and Ollama send the reasoning in the same delta as
+    the text, or alone: both kinds of text are kept, whole reads or not."""
+    base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "model": "deepseek-r1"}
+
+    def ch(delta, finish=None):
+        return dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
+
+    events = [(None, ch({"role": "assistant", "reasoning_content": "think"})),
+              (None, ch({"reasoning_content": "ing", "content": "An"})),
+              (None, ch({"content": "swer", "reasoning": "!"})),
+              (None, ch({}, "stop")), (None, "[DONE]")]
+    resp = sse_response(sse(events))
+    c = capture(chat_req(), resp, None if cuts is None else every(1, len(resp)))
+    call = call_of(run(c.events)[0])
+    assert call["response"]["text"] == "Answer" and call["response"]["thinking"] == "thinking!"
+    assert call["response"]["stop_reason"] == "stop" and call["response"]["model"] == "deepseek-r1"
+
+
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_openai_chat_stream_text(include_usage):
     s = Script(text="The quick brown fox.", piece=4, input_tokens=20, output_tokens=6)

@@ -451,7 +451,8 @@ class _ResponseReader(_Reader):
         self._head_only()
 
     def _parse(self, data: bytes) -> None:
-        if not any(x.method in ("HEAD", "CONNECT") for x in itertools.islice(self.c.queue, 1, None)):
+        queue = self.c.queue
+        if len(queue) < 2 or not any(x.method in ("HEAD", "CONNECT") for x in itertools.islice(queue, 1, None)):
             try:
                 super()._parse(data)
             except _Unanswered:

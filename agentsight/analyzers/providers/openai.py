@@ -81,6 +81,7 @@ class ChatMerger(Merger):
             self.usage.update(pick_usage(body["usage"], _CHAT_USAGE))
 
     def feed_sse(self, event: str | None, data: str) -> bool:
+        # Once per streamed chunk: the common fields are read inline.
         if data == "[DONE]":
             self.complete = True
             return False
@@ -88,53 +89,70 @@ class ChatMerger(Merger):
             ev = json_loads(data)
         except ValueError:
             return False
-        if not isinstance(ev, dict):
+        if type(ev) is not dict:
             return False
+        g = ev.get
+        choices = g("choices")
         if "error" in ev and "choices" not in ev:
             self.feed_error(ev, 200)
             return False
-        self._meta(ev)
+        v = g("id")
+        if type(v) is str:
+            self.id = v
+        v = g("model")
+        if type(v) is str:
+            self.model = v
+        v = g("usage")
+        if type(v) is dict:
+            self.usage.update(pick_usage(v, _CHAT_USAGE))
         content = False
-        choices = ev.get("choices")
-        for c in choices if isinstance(choices, list) else ():
-            if not isinstance(c, dict):
+        for c in choices if type(choices) is list else ():
+            if type(c) is not dict:
                 continue
             i = c.get("index", 0)
             if i != 0 and as_index(i, 0) != 0:
                 continue
-            if isinstance(c.get("finish_reason"), str):
-                self.stop_reason = c["finish_reason"]
+            v = c.get("finish_reason")
+            if type(v) is str:
+                self.stop_reason = v
             d = c.get("delta")
-            if not isinstance(d, dict):
-                if isinstance(c.get("text"), str) and c["text"]:  # completions
-                    self.text_parts.append(c["text"])
+            if type(d) is not dict:
+                v = c.get("text")
+                if type(v) is str and v:  # completions
+                    self.text_parts.append(v)
                     content = True
                 continue
             s = d.get("content")
-            if isinstance(s, str) and s:
+            if type(s) is str and s:
                 self.text_parts.append(s)
                 content = True
-            for k in ("reasoning_content", "reasoning"):
-                r = d.get(k)
-                if isinstance(r, str) and r:
-                    self.thinking_parts.append(r)
-                    content = True
-            for tc in as_list(d.get("tool_calls")):
-                if not isinstance(tc, dict):
-                    continue
-                idx = as_index(tc.get("index"), len(self._calls))
-                call = self._calls.get(idx)
-                if call is None:
-                    call = self._calls[idx] = {"id": None, "name": None, "args": []}
-                if isinstance(tc.get("id"), str) and tc["id"]:
-                    call["id"] = tc["id"]
-                fn = as_dict(tc.get("function"))
-                if isinstance(fn.get("name"), str) and fn["name"]:
-                    call["name"] = fn["name"]
-                a = fn.get("arguments")
-                if isinstance(a, str) and a:
-                    call["args"].append(a)
+            if "tool_calls" in d or "reasoning_content" in d or "reasoning" in d:
+                content = self._delta_extras(d) or content
+        return content
+
+    def _delta_extras(self, d: dict[str, Any]) -> bool:
+        content = False
+        for k in ("reasoning_content", "reasoning"):
+            r = d.get(k)
+            if isinstance(r, str) and r:
+                self.thinking_parts.append(r)
                 content = True
+        for tc in as_list(d.get("tool_calls")):
+            if not isinstance(tc, dict):
+                continue
+            idx = as_index(tc.get("index"), len(self._calls))
+            call = self._calls.get(idx)
+            if call is None:
+                call = self._calls[idx] = {"id": None, "name": None, "args": []}
+            if isinstance(tc.get("id"), str) and tc["id"]:
+                call["id"] = tc["id"]
+            fn = as_dict(tc.get("function"))
+            if isinstance(fn.get("name"), str) and fn["name"]:
+                call["name"] = fn["name"]
+            a = fn.get("arguments")
+            if isinstance(a, str) and a:
+                call["args"].append(a)
+            content = True
         return content
 
     def finish(self) -> None:
