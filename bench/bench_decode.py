@@ -78,9 +78,9 @@ def main() -> int:
         decoder = RecordDecoder(clock_offset_ns=0)
         full_rate = rate(decoder.decode, records)
         dumps = orjson.dumps
-        json_rate = rate(lambda rs: [dumps(e) for e in decoder.decode(rs)], records)
+        json_rate = rate(lambda rs: [dumps(e.to_json()) for e in decoder.decode(rs)], records)
         # The least any JSON-lines output can cost: the payload string alone.
-        payloads = [e["data"] for e in decoder.decode(records) if "data" in e]
+        payloads = [e.data.decode() for e in decoder.decode(records) if getattr(e, "data", None)]
         payload_rate = rate(lambda ps: [dumps(p) for p in ps], payloads) if payloads else None
         results.append(dict(mix=name, construct_per_s=round(construct_rate), struct_per_s=round(fast_rate),
                             decoder_per_s=round(full_rate), decoder_json_per_s=round(json_rate),

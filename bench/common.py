@@ -260,6 +260,8 @@ class Agentsight:
 
     def __init__(self, args: list[str], output: Path | str = os.devnull, timeout: float = 60.0):
         self.args = args
+        if str(output) != os.devnull:
+            Path(output).unlink(missing_ok=True)  # a scratch file of an earlier round
         self.t0 = time.monotonic()
         self.proc = spawn(self.argv(args, output), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.stderr: list[str] = []

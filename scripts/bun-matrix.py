@@ -7,6 +7,7 @@ captured in plaintext with those probes.
 
     sudo scripts/bun-matrix.py                  # every linux-x64 build from 1.1.0 on
     sudo scripts/bun-matrix.py --fetch          # ... and run each one that runs here
+    scripts/bun-matrix.py --compile             # ... and locate in a `bun build --compile` of each
     scripts/bun-matrix.py --only 'musl-1\\.3'    # a subset (regex on variant-version)
 
 Builds are fetched with `npm pack` into --cache (default
@@ -71,6 +72,29 @@ def locate(binary: Path) -> dict:
     return {"ok": True, "seconds": time.monotonic() - started, "functions": found.functions, "lines": found.lines}
 
 
+def compiled_located(binary: Path, row: dict, workdir: Path) -> str:
+    """Builds a single-file executable with this build (`bun build
+    --compile`) and locates the functions in it: "ok" when they are the
+    build's own, or what went wrong."""
+    script = workdir / "fetch.mjs"
+    script.write_text(FETCH_SCRIPT)
+    program = workdir / "compiled"
+    try:
+        subprocess.run([str(binary), "build", "--compile", str(script), "--outfile", str(program)],
+                       check=True, capture_output=True, timeout=300, cwd=workdir)
+    except subprocess.CalledProcessError as exc:
+        return f"bun build --compile failed: {exc.stderr[-200:]!r}"
+    try:
+        found = locate(program)
+    finally:
+        program.unlink(missing_ok=True)
+    if not found["ok"]:
+        return f"not located: {found['error']}"
+    if found["functions"] != row["functions"]:
+        return "located at other offsets than in the build itself"
+    return "ok"
+
+
 def runs_here(variant: str) -> bool:
     # musl builds need musl's libstdc++ and libgcc_s, which a glibc system lacks.
     return "musl" not in variant
@@ -129,6 +153,9 @@ def main() -> int:
     parser.add_argument("--only", help="regex on VARIANT-VERSION, e.g. 'x64-1\\.2\\.'")
     parser.add_argument("--since", default="1.1.0", help="oldest release (default 1.1.0)")
     parser.add_argument("--fetch", action="store_true", help="also run a captured fetch() with each build (root)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also locate the functions in a `bun build --compile` executable of each build "
+                             "that runs here")
     parser.add_argument("--json", metavar="FILE", help="write the rows here too")
     args = parser.parse_args()
     if args.fetch and os.geteuid() != 0:
@@ -146,7 +173,8 @@ def main() -> int:
             from support import HttpsServer
 
             server = HttpsServer(Path(tmp))
-        print(f"{'variant':<18} {'version':<26} {'located':<8} {'analysis':>9}  fetch under ssl", flush=True)
+        print(f"{'variant':<18} {'version':<26} {'located':<8} {'analysis':>9}  "
+              + ("--compile  " if args.compile else "") + "fetch under ssl", flush=True)
         try:
             for variant, version in builds:
                 binary = bun_binary(args.cache, variant, version)
@@ -160,10 +188,14 @@ def main() -> int:
                 else:
                     workdir = Path(tempfile.mkdtemp(dir=tmp))
                     row["fetch"] = fetch_captured(binary, server, workdir)
+                if args.compile:
+                    row["compile"] = ("-" if not row["ok"] else "not run" if not runs_here(variant)
+                                      else compiled_located(binary, row, Path(tempfile.mkdtemp(dir=tmp))))
                 rows.append(row)
                 by_build[(variant, version)] = row
                 located = "yes" if row["ok"] else "NO"
-                print(f"{variant:<18} {version:<26} {located:<8} {row['seconds']:>8.3f}s  {row['fetch']}"
+                compiled = f"{row['compile']:<9}  " if args.compile else ""
+                print(f"{variant:<18} {version:<26} {located:<8} {row['seconds']:>8.3f}s  {compiled}{row['fetch']}"
                       + ("" if row["ok"] else f"  ({row['error']})"), flush=True)
         finally:
             if server:
@@ -175,14 +207,18 @@ def main() -> int:
     twins = [r for r in rows if r["fetch"].startswith("not run (musl")]
     twins_ok = [r for r in twins if "same lines as" in r["fetch"]]
     times = sorted(r["seconds"] for r in rows)
+    compiled = [r for r in rows if r.get("compile") not in (None, "-", "not run")]
+    compiled_ok = [r for r in compiled if r["compile"] == "ok"]
     print(f"\n{len(located)} of {len(rows)} builds located; "
+          + (f"{len(compiled_ok)} of {len(compiled)} --compile executables located; " if args.compile else "")
           + (f"{len(fetched)} of {len(ran)} fetches captured; {len(twins_ok)} of {len(twins)} musl builds "
              "found at the same source lines as their glibc twin; " if args.fetch else "")
           + (f"analysis median {times[len(times) // 2]:.3f} s, max {times[-1]:.3f} s; " if times else "")
           + f"{elapsed:.0f} s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0 if len(located) == len(rows) and len(fetched) == len(ran) and len(twins_ok) == len(twins) else 1
+    return 0 if (len(located) == len(rows) and len(fetched) == len(ran) and len(twins_ok) == len(twins)
+                 and len(compiled_ok) == len(compiled)) else 1
 
 
 if __name__ == "__main__":

@@ -132,16 +132,30 @@ _TEXT_WORDS = tuple(frozenset().union(*(g for _, _, pre in _TEXT_PATTERNS for g 
 _BYTES_WORDS = tuple(frozenset().union(*(g for _, _, pre in _BYTES_PATTERNS for g in pre)))
 
 
-def _spans(s: Any, patterns: list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None, Any]]
-           ) -> list[tuple[int, int]]:
+# The patterns to run for each set of trigger words found, worked out once.
+_PLANS: dict[tuple[bool, frozenset[Any]], list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]] = {}
+MAX_PLANS = 4096
+
+
+def _plan(found: frozenset[Any], text: bool) -> list[tuple[re.Pattern[Any], Callable[[re.Match[Any]], bool] | None]]:
+    plan = _PLANS.get((text, found))
+    if plan is None:
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        patterns = _TEXT_PATTERNS if text else _BYTES_PATTERNS
+        plan = _PLANS[(text, found)] = [(pattern, test) for pattern, test, prechecks in patterns
+                                        if not any(found.isdisjoint(group) for group in prechecks)]
+    return plan
+
+
+def _spans(s: Any) -> list[tuple[int, int]]:
     lower = s.lower()
-    found = {w for w in (_TEXT_WORDS if isinstance(s, str) else _BYTES_WORDS) if w in lower}
+    text = isinstance(s, str)
+    found = frozenset([w for w in (_TEXT_WORDS if text else _BYTES_WORDS) if w in lower])
     if not found:
         return []
     spans = []
-    for pattern, test, prechecks in patterns:
-        if any(found.isdisjoint(group) for group in prechecks):
-            continue
+    for pattern, test in _plan(found, text):
         for m in pattern.finditer(s):
             if test is None or test(m):
                 start, end = m.span("v")
@@ -154,7 +168,7 @@ def mask_bytes(data: bytes) -> bytes:
     """`data` with every secret overwritten by as many ``*``."""
     if not data:
         return data
-    spans = _spans(data, _BYTES_PATTERNS)
+    spans = _spans(data)
     if not spans:
         return data
     out = bytearray(data)
@@ -167,7 +181,7 @@ def mask_text(s: str) -> str:
     """`s` with every secret overwritten by as many ``*``."""
     if not s or not _may_hold_secret(s):
         return s
-    spans = _spans(s, _TEXT_PATTERNS)
+    spans = _spans(s)
     if not spans:
         return s
     chars = list(s)
@@ -214,7 +228,7 @@ def redact_text(s: str) -> str:
     """`s` with every secret replaced by [REDACTED]."""
     if not s or not _may_hold_secret(s):
         return s
-    spans = _spans(s, _TEXT_PATTERNS)
+    spans = _spans(s)
     if not spans:
         return s
     spans.sort()

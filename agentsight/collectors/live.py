@@ -41,7 +41,8 @@ class LiveCapture:
         self.reader = RingReader()
         self._started = 0.0
         self._detached = False
-        self._held: list[RawEvent] = []  # decoded, not yet REORDER_NS old
+        self._held: list[RawEvent] = []  # decoded, not yet REORDER_NS old, by data_time
+        self._held_at: list[int] = []  # their data_time, computed once
 
     def start(self) -> str:
         check_can_trace()
@@ -55,16 +56,30 @@ class LiveCapture:
 
     def read(self, timeout: float) -> list[RawEvent] | None:
         records = self.reader.poll(int(timeout * 1000))
-        events = self._held
-        if records:
-            events += self.decoder.decode(records)
-        events += self.decoder.flush(older_than=RecordDecoder.STALE_SECONDS)
-        if not events:
-            return events
-        events.sort(key=data_time)  # nearly sorted already: linear
-        ready = bisect.bisect_left(events, time.time_ns() - REORDER_NS, key=data_time)
-        self._held = events[ready:]
-        return events[:ready]
+        new = self.decoder.decode(records) if records else []
+        new += self.decoder.flush(older_than=RecordDecoder.STALE_SECONDS)
+        if new:
+            self._hold(new)
+        at = self._held_at
+        ready = bisect.bisect_left(at, time.time_ns() - REORDER_NS)
+        if not ready:
+            return []
+        out = self._held[:ready]
+        del self._held[:ready], at[:ready]
+        return out
+
+    def _hold(self, new: list[RawEvent]) -> None:
+        """Adds decoded events to those held, in data_time order (ties: in
+        the order decoded). Only the held events that came later than the
+        earliest new one are sorted again: most batches just follow on."""
+        keys = [data_time(e) for e in new]
+        held, at = self._held, self._held_at
+        start = bisect.bisect_right(at, min(keys))
+        keys[:0] = at[start:]
+        events = held[start:] + new
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        held[start:] = [events[i] for i in order]
+        at[start:] = [keys[i] for i in order]
 
     def stop(self) -> None:
         if not self._detached:
@@ -73,9 +88,10 @@ class LiveCapture:
 
     def finish(self) -> list[RawEvent]:
         self.stop()
-        events = self._held + self.decoder.decode(self.reader.drain()) + self.decoder.flush()
-        self._held = []
-        events.sort(key=data_time)
+        new = self.decoder.decode(self.reader.drain()) + self.decoder.flush()
+        if new:
+            self._hold(new)
+        events, self._held, self._held_at = self._held, [], []
         return events
 
     def counts(self) -> dict[str, int]:

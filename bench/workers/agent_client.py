@@ -1,5 +1,5 @@
 """An agent-like client: CALLS streaming chat completions through the openai
-SDK (httpx over CPython's ssl) to the local mock, each followed by a short
+SDK (httpx2 over CPython's ssl) to the local mock, each followed by a short
 subprocess, as an agent runs a tool. One untimed warm-up call first.
 Writes {"seconds", "calls", "chunks"} to RESULT.
 
@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 
-import httpx
+import httpx2
 import openai
 
 base_url, ca_file, calls, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tool = sys.argv[5:] or ["true"]
 client = openai.OpenAI(base_url=base_url + "/v1", api_key="sk-bench-not-a-key", max_retries=0,
-                       http_client=httpx.Client(verify=ssl.create_default_context(cafile=ca_file), timeout=60))
+                       http_client=httpx2.Client(verify=ssl.create_default_context(cafile=ca_file), timeout=60))
 
 
 def one_call(i: int) -> int:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 import build_bpf  # noqa: E402
 from agentsight.bpf.object import BPF_TRACE_UPROBE_MULTI, BpfObject  # noqa: E402
 from agentsight.bpf.ring import RingReader  # noqa: E402
-from agentsight.capture import POLL_MS  # noqa: E402
 from agentsight.cli import DEFAULT_RING_SIZE, _wakeup_bytes  # noqa: E402
 from agentsight.collectors.decode import RecordDecoder  # noqa: E402
+from agentsight.collectors.live import POLL_MS  # noqa: E402
 from agentsight.collectors.base import Filters  # noqa: E402
 from agentsight.collectors.ssl import attach_tls_file  # noqa: E402
 from agentsight.collectors.tls.discovery import Discovery  # noqa: E402
