@@ -116,12 +116,20 @@ class TlsData(RawEvent):
         ts, pid, conn, direction, text = g("ts"), g("pid"), g("conn"), g("dir"), g("data")
         tid, comm, uid, fn = g("tid", pid), g("comm", ""), g("uid", 0), g("fn", "")
         n, trunc, gap, latency, ret = g("len", 0), g("truncated", 0), g("gap", 0), g("latency_ns", 0), g("ret", 0)
-        if (type(text) is str and type(ts) is int and type(pid) is int and type(conn) is int and type(tid) is int
+        if (type(ts) is int and type(pid) is int and type(conn) is int and type(tid) is int
                 and type(uid) is int and type(n) is int and type(trunc) is int and type(gap) is int
                 and type(latency) is int and type(ret) is int and type(comm) is str and type(fn) is str
                 and direction in _DIRECTIONS and n >= 0 and trunc >= 0 and gap >= 0 and latency >= 0):
-            return cls(ts, pid, tid, comm, uid, fn, direction, conn, n, text.encode("utf-8", "surrogatepass"),
-                       trunc, gap, latency, ret)
+            if type(text) is str:
+                return cls(ts, pid, tid, comm, uid, fn, direction, conn, n, text.encode("utf-8", "surrogatepass"),
+                           trunc, gap, latency, ret)
+            b64 = g("data_b64")
+            if text is None and type(b64) is str:
+                try:
+                    data = binascii.a2b_base64(b64)
+                except (binascii.Error, ValueError) as exc:
+                    raise EventDecodeError(f"'ssl' event: 'data_b64' is not base64 ({exc})") from None
+                return cls(ts, pid, tid, comm, uid, fn, direction, conn, n, data, trunc, gap, latency, ret)
         return cls._checked(d)
 
     @classmethod

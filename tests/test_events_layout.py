@@ -162,6 +162,12 @@ def test_payload_stays_bytes_and_its_json_form_is_base64_when_not_utf8():
     assert ev.data == data
     d = ev.to_json()
     assert "data" not in d and base64.b64decode(d["data_b64"]) == data
+    # and back, as replay reads it
+    from agentsight.events import EventDecodeError, from_json
+
+    assert from_json(d) == ev
+    with pytest.raises(EventDecodeError, match="data_b64"):
+        from_json(dict(d, data_b64="AAA"))  # cut short: not base64
 
 
 def test_exec_argv_split():
