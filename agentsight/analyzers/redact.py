@@ -25,6 +25,8 @@ import dataclasses
 import re
 from typing import Any, Callable
 
+import ahocorasick
+
 from ..events import Exec, HttpExchange, LlmCall, LlmResponse, TlsData, ToolCall, WebSocketSession
 
 REDACTED = "[REDACTED]"
@@ -128,8 +130,26 @@ def _variable(m: re.Match[Any]) -> bool:
 
 _TEXT_PATTERNS = _patterns(text=True)
 _BYTES_PATTERNS = _patterns(text=False)
-_TEXT_WORDS = tuple(frozenset().union(*(g for _, _, pre in _TEXT_PATTERNS for g in pre)))
-_BYTES_WORDS = tuple(frozenset().union(*(g for _, _, pre in _BYTES_PATTERNS for g in pre)))
+_TEXT_WORDS = frozenset().union(*(g for _, _, pre in _TEXT_PATTERNS for g in pre))
+_BYTES_WORDS = frozenset().union(*(g for _, _, pre in _BYTES_PATTERNS for g in pre))
+
+
+def _finder(words: frozenset[Any]) -> tuple[Any, tuple[Any, ...]]:
+    """The trigger words found in a lower-cased payload, in one pass: an
+    Aho-Corasick automaton for the words that seldom occur, and a plain
+    search (memchr speed, or an early hit) for the one- and two-character
+    ones that occur all the time and would make the automaton report every
+    occurrence."""
+    common = tuple(w for w in words if len(w) <= 2 and w[:1] not in ("-", b"-"))
+    automaton = ahocorasick.Automaton()
+    for w in words - set(common):
+        automaton.add_word(w if isinstance(w, str) else w.decode("latin-1"), w)
+    automaton.make_automaton()
+    return automaton, common
+
+
+_TEXT_FINDER = _finder(_TEXT_WORDS)
+_BYTES_FINDER = _finder(_BYTES_WORDS)
 
 
 # The patterns to run for each set of trigger words found, worked out once.
@@ -151,9 +171,12 @@ def _plan(found: frozenset[Any], text: bool) -> list[tuple[re.Pattern[Any], Call
 def _spans(s: Any) -> list[tuple[int, int]]:
     lower = s.lower()
     text = isinstance(s, str)
-    found = frozenset([w for w in (_TEXT_WORDS if text else _BYTES_WORDS) if w in lower])
-    if not found:
+    automaton, common = _TEXT_FINDER if text else _BYTES_FINDER
+    words = {w for _, w in automaton.iter(lower if text else lower.decode("latin-1"))}
+    words.update([w for w in common if w in lower])
+    if not words:
         return []
+    found = frozenset(words)
     spans = []
     for pattern, test in _plan(found, text):
         for m in pattern.finditer(s):
