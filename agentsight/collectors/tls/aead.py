@@ -24,16 +24,13 @@ real function entry.
 from __future__ import annotations
 
 import bisect
-import mmap
 import re
 import struct
 from dataclasses import dataclass
 
 import capstone
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
-from .gopclntab import Image
+from .gopclntab import Image, mapped_image
 
 AEAD_FILE_SUFFIXES = (b"/cipher/aead.c\0", b"/cipher/aead.cc\0", b"/cipher/aead.cc.inc\0")
 ERR_LIB_CIPHER = 30
@@ -86,18 +83,8 @@ def file_name_at(data) -> int | None:
 def locate(path: str) -> AeadFunctions | None:
     """The AEAD functions in `path`, or None when it has no aws-lc/BoringSSL
     aead.c. Raises LocateError."""
-    with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except ELFError:
-            return None
-        if elf["e_machine"] != "EM_X86_64":
-            return None
-        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        try:
-            return _locate(Image(elf, data))
-        finally:
-            data.close()
+    with mapped_image(path) as image:
+        return _locate(image) if image is not None else None
 
 
 def _locate(image: Image) -> AeadFunctions | None:

@@ -18,14 +18,11 @@ stack bound of the goroutine in r14.
 """
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 
 import capstone
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
-from .gopclntab import GoFunction, Image, NotGo, Pclntab, PclntabError, go_version
+from .gopclntab import GoFunction, Image, NotGo, Pclntab, PclntabError, go_version, mapped_image
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
@@ -50,18 +47,8 @@ class GoTls:
 def locate(path: str) -> GoTls | None:
     """crypto/tls in the Go executable `path`, or None when `path` is not a
     Go program or does not use crypto/tls. Raises LocateError."""
-    with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except ELFError:
-            return None
-        if elf["e_machine"] != "EM_X86_64":
-            return None
-        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        try:
-            return _locate(Image(elf, data))
-        finally:
-            data.close()
+    with mapped_image(path) as image:
+        return _locate(image) if image is not None else None
 
 
 def _locate(image: Image) -> GoTls | None:

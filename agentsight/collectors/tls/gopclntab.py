@@ -10,10 +10,14 @@ not follow.
 """
 from __future__ import annotations
 
+import contextlib
+import mmap
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
@@ -68,6 +72,25 @@ class Image:
 
     def executable(self, va: int) -> bool:
         return any(vaddr <= va < vaddr + size and flags & 1 for vaddr, _, size, flags in self.loads)
+
+
+@contextlib.contextmanager
+def mapped_image(path: str) -> Iterator[Image | None]:
+    """`path` mapped read-only as an Image while the block runs, or None
+    when it is not an x86-64 ELF file."""
+    with open(path, "rb") as f:
+        try:
+            elf = ELFFile(f)
+        except ELFError:
+            elf = None
+        if elf is None or elf["e_machine"] != "EM_X86_64":
+            yield None
+            return
+        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            yield Image(elf, data)
+        finally:
+            data.close()
 
 
 class Pclntab:

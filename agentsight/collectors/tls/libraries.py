@@ -7,7 +7,6 @@ executable is analysed once, not on every run or every exec.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import tempfile
 import threading

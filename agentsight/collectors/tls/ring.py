@@ -12,15 +12,12 @@ from .rela.dyn. Each pointer must be a function entry of the unwind table.
 """
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from .aead import LocateError as AeadLocateError, function_starts
-from .gopclntab import Image
+from .gopclntab import Image, mapped_image
 
 RING_CRATE = b"/ring-0.17."
 _R_X86_64_RELATIVE = 8
@@ -45,20 +42,10 @@ class RingFunctions:
 def locate(path: str) -> RingFunctions | None:
     """ring's AEAD functions in `path`, or None if it does not hold ring 0.17.
     Raises LocateError."""
-    with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except ELFError:
+    with mapped_image(path) as image:
+        if image is None or image.data.find(RING_CRATE) < 0:
             return None
-        if elf["e_machine"] != "EM_X86_64":
-            return None
-        data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        try:
-            if data.find(RING_CRATE) < 0:
-                return None
-            return _locate(Image(elf, data))
-        finally:
-            data.close()
+        return _locate(image)
 
 
 def _locate(image: Image) -> RingFunctions:
