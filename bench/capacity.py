@@ -40,6 +40,8 @@ from pathlib import Path
 
 from common import BENCH, PY, WORKERS, Agentsight, Worker, certificate, compile_c, log, scratch_dir
 
+from agentsight.collectors.live import REORDER_NS
+
 MAX_LAG_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -149,6 +151,9 @@ def drain(gen: Worker, args: list[str], kind: str, command: str, tmp: Path) -> d
         os.kill(tracer.pid, signal.SIGSTOP)
         try:
             gen.call(command, timeout=120)
+            # Live capture hands events on once they are REORDER_NS old: let
+            # the backlog age first, so what is timed is the draining alone.
+            time.sleep(REORDER_NS / 1e9 + 0.05)
         finally:
             t0 = time.monotonic()
             os.kill(tracer.pid, signal.SIGCONT)
