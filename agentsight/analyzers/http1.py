@@ -78,9 +78,9 @@ class _Exchange:
                  "body_size", "capped", "incomplete", "responded", "resp_size", "switch", "until_close", "early",
                  "ended", "head", "switch_response", "hold")
 
-    def __init__(self, started: int, tid: int, comm: str, hold: BodyHold | None = None) -> None:
+    def __init__(self, started: int, tid: int, comm: str) -> None:
         self.xid = next(xids)
-        self.hold = hold  # the request body's share of the pipeline's body budget
+        self.hold: BodyHold | None = None  # the request body's share of the pipeline's body budget, once it has one
         self.started = started
         self.tid = tid
         self.comm = comm
@@ -160,7 +160,10 @@ class _Reader(abc.ABC):
         if ev.gap:
             data = self._lose("gap", ev.gap) + data
         if data:
-            self.data(data)
+            if self.state is ReaderState.MESSAGES:  # most reads: straight to llhttp
+                self._parse(data)
+            else:
+                self.data(data)
         if ev.trunc and self.c.tunnel:  # handed over in this read: the loss goes with the bytes
             self.c.out.append(StreamData(self.c.key, ev.role, b"", 0, ev.trunc, ev.ts, self.c.pid, ev.tid, ev.comm,
                                          self.c.conn, self.c.side))
@@ -271,7 +274,7 @@ class _RequestReader(_Reader):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.head_done = False
-        x = self.x = _Exchange(self.ts, self.tid, self.comm, self.c.budget.hold())
+        x = self.x = _Exchange(self.ts, self.tid, self.comm)
         self.headers = x.headers
         if self.lost:
             x.incomplete = self.lost
@@ -303,7 +306,7 @@ class _RequestReader(_Reader):
         if not x.capped:
             if x.body_size > MAX_REQUEST_BODY:
                 x.capped = True
-            elif x.hold is not None and not x.hold.reserve(len(body)):
+            elif not (x.hold if x.hold is not None else self._new_hold(x)).reserve(len(body)):
                 x.capped = True
                 self.c.stats["skipped.body_budget"] += 1
             else:
@@ -312,6 +315,10 @@ class _RequestReader(_Reader):
             x.body = []
             if x.hold is not None:
                 x.hold.release()
+
+    def _new_hold(self, x: _Exchange) -> BodyHold:
+        hold = x.hold = self.c.budget.hold()
+        return hold
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -433,18 +440,6 @@ class _ResponseReader(_Reader):
     def starts_message(self, data: bytes) -> bool:
         return data[:7] == b"HTTP/1."
 
-    def data(self, data: bytes) -> None:
-        c = self.c
-        if self.state is ReaderState.MESSAGES and not self.in_message and c.queue:
-            x = c.queue[0]
-            if x.method in ("HEAD", "CONNECT") and self.arranged is not x:
-                self.arranged = x
-                self.state = ReaderState.HEAD_ONLY
-                self.scan = 0
-                self._hold(data)
-                return
-        super().data(data)
-
     def _hold(self, data: bytes) -> None:
         """The response to HEAD or CONNECT: bytes held until its head is whole."""
         self.held += data
@@ -452,6 +447,15 @@ class _ResponseReader(_Reader):
 
     def _parse(self, data: bytes) -> None:
         queue = self.c.queue
+        if queue and not self.in_message:
+            x = queue[0]
+            if x.method in ("HEAD", "CONNECT") and self.arranged is not x:
+                # its head is read here: llhttp would take a Content-Length in it for a body
+                self.arranged = x
+                self.state = ReaderState.HEAD_ONLY
+                self.scan = 0
+                self._hold(data)
+                return
         if len(queue) < 2 or not any(x.method in ("HEAD", "CONNECT") for x in itertools.islice(queue, 1, None)):
             try:
                 super()._parse(data)
@@ -790,14 +794,12 @@ class Http1Parser:
 
     def feed(self, ev: object) -> list[object]:
         t = type(ev)
-        if t is StreamData:
-            return self._data(ev)  # type: ignore[arg-type]
-        if t is StreamEnd:
-            return self._end(ev)  # type: ignore[arg-type]
-        return [ev]
-
-    def _data(self, ev: StreamData) -> list[object]:
-        key = ev.key
+        if t is not StreamData:
+            if t is StreamEnd:
+                return self._end(ev)  # type: ignore[arg-type]
+            return [ev]
+        piece: StreamData = ev  # type: ignore[assignment]
+        key = piece.key
         conns = self._conns
         c = conns.get(key)
         evicted: list[object] = []
@@ -810,21 +812,21 @@ class Http1Parser:
                 self.stats["http.evicted"] += 1
                 old = next(iter(conns))
                 evicted = self._drop(old, "evicted", conns[old].last_ts)
-            c = conns[key] = _Connection(ev, self.stats, self.budget)
+            c = conns[key] = _Connection(piece, self.stats, self.budget)
         else:
             if c.tunnel:
-                c.last_ts = ev.ts
+                c.last_ts = piece.ts
                 return [ev]
             conns.move_to_end(key)
-        c.last_ts = ev.ts
+        c.last_ts = piece.ts
         try:
-            (c.requests if ev.role == "req" else c.responses).feed(ev)
+            (c.requests if piece.role == "req" else c.responses).feed(piece)
         except Exception:  # a bug must not take other connections down
             self.stats["errors.http"] += 1
             self._failed.add(key)
             if len(self._failed) > MAX_CONNS:
                 self._failed.clear()
-            return evicted + self._drop(key, "internal_error", ev.ts)
+            return evicted + self._drop(key, "internal_error", piece.ts)
         out, c.out = c.out, []
         return evicted + out if evicted else out
 

@@ -28,6 +28,8 @@ from .sse import SSEParser
 from .websocket import is_websocket
 
 MAX_RESPONSE_BODY = 64 << 20
+MAX_TARGETS = 4096  # (method, target, Host) classified, remembered
+MAX_TARGET_KEPT = 512  # longer targets are classified every time
 
 # the incomplete reasons that mean the connection failed, not the capture
 _CONN_FAILURES = {"process_exit": "process exited before the response was complete",
@@ -195,6 +197,7 @@ class LlmAnalyzer:
         # host (optionally host:port) -> provider name, for self-hosted or mock endpoints
         self._host_map = {k.lower(): v for k, v in (provider_hosts or {}).items()}
         self._owned: dict[str, providers.Adapter] = {}
+        self._targets: dict[tuple[str, str, str | None], tuple[str, str, str, list[tuple[providers.Adapter, str]]]] = {}
 
     # -- dispatch ------------------------------------------------------------
     def feed(self, ev: object) -> list[object]:
@@ -305,14 +308,19 @@ class LlmAnalyzer:
     def _classify(self, req: HttpRequest) -> _Http | _Call:
         headers = req.headers
         host_hdr = header_value(headers, b"host")
-        host, path, query = split_target(req.target, host_hdr)
-        method = req.method
-        adapters = providers.ADAPTERS
-        matches = []
-        for a in adapters:
-            api = a.match_path(method, path)
-            if api is not None:
-                matches.append((a, api))
+        key = (req.method, req.target, host_hdr)
+        seen = self._targets.get(key)
+        if seen is None:
+            # Most exchanges repeat a handful of targets: what their method,
+            # target and Host say is worked out once.
+            host, path, query = split_target(req.target, host_hdr)
+            matches = [(a, api) for a in providers.ADAPTERS if (api := a.match_path(req.method, path)) is not None]
+            seen = (host, path, query, matches)
+            if len(req.target) <= MAX_TARGET_KEPT:
+                if len(self._targets) >= MAX_TARGETS:
+                    self._targets.clear()
+                self._targets[key] = seen
+        host, path, query, matches = seen
         if not matches:
             return _Http(req, host, path)
         owner = self._owner(host, host_hdr)

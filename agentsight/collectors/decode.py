@@ -13,6 +13,7 @@ from collections import Counter
 
 from ..events import Connect, Exec, Exit, FileOp, Fork, Open, RawEvent, TlsData
 from .records import (
+    RecordError,
     EVENT_EXEC,
     EVENT_EXIT,
     EVENT_FORK,
@@ -86,7 +87,8 @@ class RecordDecoder:
 
     def __init__(self, clock_offset_ns: int | None = None):
         self.clock_offset_ns = monotonic_to_unix_offset() if clock_offset_ns is None else clock_offset_ns
-        self.counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()  # but for SSL calls, counted apart: they are most of the stream
+        self.ssl_count = 0
         self.bad_records = 0
         self.bad_reasons: Counter[str] = Counter()
         self.truncated_bytes = 0
@@ -135,22 +137,44 @@ class RecordDecoder:
         self.bad_records += 1
         self.bad_reasons[reason] += 1
 
+    def _comm(self, raw: bytes) -> str:
+        comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if len(self._comms) < 65536:
+            self._comms[raw] = comm
+        return comm
+
     def _task(self, kind: str, fields: tuple) -> tuple[int, int, int, str, int]:
         """(ts, pid, tid, comm, uid) of a record's header."""
         comm = self._comms.get(fields[5])
         if comm is None:
-            comm = fields[5].split(b"\0", 1)[0].decode("utf-8", "replace")
-            if len(self._comms) < 65536:
-                self._comms[fields[5]] = comm
-        self.counts[kind] += 1
+            comm = self._comm(fields[5])
+        self._counts[kind] += 1
         return fields[0] + self.clock_offset_ns, fields[1], fields[2], comm, fields[3]
 
+    @property
+    def counts(self) -> Counter[str]:
+        """Events emitted, per type."""
+        counts = self._counts.copy()
+        if self.ssl_count:
+            counts["ssl"] += self.ssl_count
+        return counts
+
     # Field positions follow the layouts in agentsight/collectors/records.py.
+    # SSL records, most of the stream, are unpacked here without FastLayout.decode's
+    # generic loop over trailing fields: theirs is one, the data.
     _SSL = FAST[EVENT_SSL]
+    assert _SSL.tails == (("data", "data_len"),)
+    _ssl_fixed = _SSL.struct.unpack_from
+    _ssl_size = _SSL.size
 
     def _ssl(self, record: bytes, out: list) -> None:
         (ts, pid, tid, uid, kind, comm, conn, latency, ret, length, offset, data_len,
-         truncated, gap, fn, direction, last, data) = self._SSL.decode(record)
+         truncated, gap, fn, direction, last) = self._ssl_fixed(record)
+        start = self._ssl_size
+        end = start + data_len
+        if end > len(record):
+            raise RecordError(f"record of {len(record)} bytes announces {end}")
+        data = record[start:end]
         if offset:
             pending = self._pending.get(tid)
             if pending is None or pending.received != offset or pending.event.conn != conn:
@@ -165,8 +189,12 @@ class RecordDecoder:
         previous = self._pending.pop(tid, None)
         if previous is not None:
             self._finish(previous, out)
-        ev = TlsData(*self._task("ssl", (ts, pid, tid, uid, kind, comm)), SSL_FUNCTIONS[fn],
-                     SSL_DIRECTIONS[direction], conn, length, data, truncated, gap, latency, ret)
+        name = self._comms.get(comm)
+        if name is None:
+            name = self._comm(comm)
+        self.ssl_count += 1
+        ev = TlsData(ts + self.clock_offset_ns, pid, tid, name, uid, SSL_FUNCTIONS[fn], SSL_DIRECTIONS[direction],
+                     conn, length, data, truncated, gap, latency, ret)
         if last:
             self.truncated_bytes += truncated
             out.append(ev)
