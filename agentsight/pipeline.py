@@ -176,15 +176,21 @@ class Pipeline:
         if analysis is None and correlator is None:
             return self._handed_on(raw)
         out: list[Any] = []
+        append = out.append
+        analyse = analysis.feed if analysis is not None else None
+        correlate = correlator.feed if correlator is not None else None
         for ev in raw:
-            made = [e for e in analysis.feed(ev) if not isinstance(e, RawEvent)] if analysis is not None else []
-            if correlator is not None:
-                linked = correlator.feed(ev)
+            append(ev)
+            made = analyse(ev) if analyse is not None else []
+            if made:  # what the analysis passes through (process events) is in `out` already
+                made = [e for e in made if not isinstance(e, RawEvent)]
+                out += made
+            if correlate is not None:
+                linked = correlate(ev)
                 for e in made:
-                    linked += correlator.feed(e)
-                made += linked
-            out.append(ev)
-            out += made
+                    linked += correlate(e)
+                if linked:
+                    out += linked
         return self._handed_on(out)
 
     def _close_analysis(self) -> list[Any]:

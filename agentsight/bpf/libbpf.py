@@ -20,9 +20,7 @@ struct bpf_object;
 struct bpf_program;
 struct bpf_map;
 struct bpf_link;
-struct ring_buffer;
 
-typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
 typedef int (*libbpf_print_fn_t)(int level, const char *fmt, void *args);
 
 libbpf_print_fn_t libbpf_set_print(libbpf_print_fn_t fn);
@@ -68,11 +66,6 @@ int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
 int bpf_map__reuse_fd(struct bpf_map *map, int fd);
 
-struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx, const void *opts);
-int ring_buffer__add(struct ring_buffer *rb, int map_fd, ring_buffer_sample_fn sample_cb, void *ctx);
-int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
-int ring_buffer__consume(struct ring_buffer *rb);
-void ring_buffer__free(struct ring_buffer *rb);
 
 int vsnprintf(char *str, size_t size, const char *format, void *args);
 long syscall(long number, ...);

@@ -105,7 +105,7 @@ class LiveCapture:
                 totals[name] = totals.get(name, 0) + value
         d = self.decoder
         totals["truncated_bytes"] = d.truncated_bytes
-        totals["bad_records"] = d.bad_records + self.reader.callback_errors
+        totals["bad_records"] = d.bad_records
         for reason, n in d.bad_reasons.items():
             totals[f"bad_record: {reason}"] = n
         return totals
