@@ -441,7 +441,15 @@ class Correlator:
 
     def feed(self, ev: object) -> list[object]:
         t = type(ev)
-        if isinstance(ev, RawEvent):
+        if t is TlsData:  # most of the stream: it only moves the clock on
+            tls: TlsData = ev  # type: ignore[assignment]
+            if tls.ts > self._max_ts:
+                self._max_ts = tls.ts
+            if tls.dir == "send":
+                self._tls_send(tls)
+            if not self._later and not self._ready and not self._out:
+                return []
+        elif isinstance(ev, RawEvent):
             if ev.ts > self._max_ts:
                 self._max_ts = ev.ts
             if t is Exec:
@@ -452,13 +460,6 @@ class Correlator:
                 self._exit(ev)  # type: ignore[arg-type]
             elif t is Open or t is FileOp:
                 self._file(ev)  # type: ignore[arg-type]
-            elif t is TlsData and ev.dir == "send":  # type: ignore[attr-defined]
-                if self._first_send is None:
-                    self._first_send = ev.ts
-                    self._ready.extend(self._before_first)  # what came before it is start-up
-                    self._before_first = []
-                elif ev.ts < self._first_send:
-                    self._first_send = ev.ts
         elif t is LlmCall:
             self._llm(ev)  # type: ignore[arg-type]
         later = self._later
@@ -467,6 +468,14 @@ class Correlator:
         self._run()
         out, self._out = self._out, []
         return out
+
+    def _tls_send(self, ev: TlsData) -> None:
+        if self._first_send is None:
+            self._first_send = ev.ts
+            self._ready.extend(self._before_first)  # what came before it is start-up
+            self._before_first = []
+        elif ev.ts < self._first_send:
+            self._first_send = ev.ts
 
     def close(self) -> list[object]:
         """Decides everything still open: tool calls whose result never went
