@@ -13,14 +13,18 @@ empty probes at agentsight's attach points (the traps alone, the least any
 uprobe capture can cost); agentsight's BPF programs with nobody reading
 their ring (the kernel side, without the consumer competing for the CPUs);
 and the same ring drained as agentsight drains it, each record copied out
-and dropped (the least work any consumer of these records can do). A
-fourth condition drains the ring the same way and then spins a set CPU
-time per record, about trace's own: beside trace it tells whether trace's
-ratio is its CPU time per record alone or also the kind of work it is (a
-spin touches almost no memory; on this VM a busy vCPU can even speed the
-workload up, since it is never halted and woken).
+and dropped (the least work any consumer of these records can do). Two
+more conditions drain the ring the same way and then decode each record
+into an event, or spin a set CPU time per record, about trace's own:
+beside trace they tell whether trace's ratio is its CPU time per record
+alone or also the kind of work it is (a spin touches almost no memory; on
+this VM a busy vCPU can even speed the workload up, since it is never
+halted and woken).
 
-Reported: the slowdown ratio (median time with / median time without).
+Reported: the slowdown ratio (median time with / median time without),
+and the CPU time the client and the server spent per round trip (over all rounds),
+which tells what the probes cost the traced processes from what they
+spent waiting.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ import time
 from pathlib import Path
 
 from common import (LIBSSL, LIBSSL_FUNCTIONS, NODE, NODE_FUNCTIONS, PY, WORKERS, Agentsight, Bpftrace, FloorProbes,
-                    NoTracer, Worker, bpftrace_script, log, median, note_foreign, quiet_round, rotated, scratch_dir)
+                    NoTracer, Worker, bpftrace_script, cpu_seconds, log, median, note_foreign, quiet_round, rotated,
+                    scratch_dir)
 
 PEER_SCRIPT_FUNCTIONS = {LIBSSL: LIBSSL_FUNCTIONS, NODE: NODE_FUNCTIONS}
 # About what trace spends per record (its row "consumer CPU per event").
 WORK_US = 8
 WORK_FLOOR = f"ring drained, then {WORK_US} µs of CPU per record"
+DECODE_FLOOR = "ring drained, records decoded"
 
 
 def run(cfg: dict) -> dict:
@@ -54,9 +60,15 @@ def run(cfg: dict) -> dict:
             "floor: empty probes": lambda: FloorProbes("empty"),
             "floor: BPF, no consumer": lambda: FloorProbes("unread"),
             "floor: BPF, ring drained": lambda: FloorProbes("drain"),
+            DECODE_FLOOR: lambda: FloorProbes("decode"),
             WORK_FLOOR: lambda: FloorProbes(f"work:{WORK_US}"),
         }
         times = {s: {c: [] for c in clients} for s in sessions}
+        # CPU time of the traced processes (client and server), and the round
+        # trips it was spent on: what the probes cost them, apart from waiting.
+        # Summed over all rounds: one round's CPU is a few clock ticks.
+        traced_cpu = {s: {c: 0.0 for c in clients} for s in sessions}
+        traced_trips = {s: {c: 0 for c in clients} for s in sessions}
         stats = {s: [] for s in sessions}
         try:
             for c in clients.values():                      # warm up
@@ -71,10 +83,16 @@ def run(cfg: dict) -> dict:
                     tracer = sessions[s]()
                     try:
                         for name in rotated(list(clients), r):
+                            pids = (clients[name].pid, server.pid)
+                            cpu0 = [cpu_seconds(p) for p in pids]
                             res = clients[name].call(f"run {n}")
+                            cpu1 = [cpu_seconds(p) for p in pids]
                             if "error" in res:
                                 raise RuntimeError(f"{name}: {res['error']}")
                             times[s][name].append(res["ns"] / n)
+                            if None not in cpu0 + cpu1:
+                                traced_cpu[s][name] += sum(b - a for a, b in zip(cpu0, cpu1))
+                                traced_trips[s][name] += n
                     finally:
                         stats[s].append(tracer.stop())
                 note_foreign("https")
@@ -88,12 +106,18 @@ def run(cfg: dict) -> dict:
     for name in clients:
         base = median(times["off"][name])
         out["clients"][name] = {"off_us_per_round_trip": round(base / 1000, 1)}
+        spent, trips = traced_cpu["off"][name], traced_trips["off"][name]
+        if trips:
+            out["clients"][name]["off_traced_cpu_us_per_round_trip"] = round(spent / trips * 1e6, 1)
         for s in sessions:
             if s == "off":
                 continue
             med = median(times[s][name])
             out["clients"][name][s] = {"us_per_round_trip": round(med / 1000, 1), "ratio": round(med / base, 3),
                                        "samples_us": [round(x / 1000, 1) for x in times[s][name]]}
+            spent, trips = traced_cpu[s][name], traced_trips[s][name]
+            if trips:
+                out["clients"][name][s]["traced_cpu_us_per_round_trip"] = round(spent / trips * 1e6, 1)
     for s in sessions:
         if s == "off":
             continue
@@ -114,12 +138,16 @@ def run(cfg: dict) -> dict:
 def rows(res: dict) -> list[tuple]:
     out = []
     for name, row in res["clients"].items():
+        off_cpu = row.get("off_traced_cpu_us_per_round_trip")
         for s in ("agentsight trace", "agentsight ssl", "bpftrace (peer)", "floor: empty probes",
-                  "floor: BPF, no consumer", "floor: BPF, ring drained", WORK_FLOOR):
+                  "floor: BPF, no consumer", "floor: BPF, ring drained", DECODE_FLOOR, WORK_FLOOR):
             if s in row:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
-                out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s,
-                            f"{row[s]['ratio']:.2f}x ({row[s]['us_per_round_trip']} µs)", target))
+                result = f"{row[s]['ratio']:.2f}x ({row[s]['us_per_round_trip']} µs)"
+                cpu = row[s].get("traced_cpu_us_per_round_trip")
+                if cpu is not None and off_cpu is not None:
+                    result += f"; client+server CPU {cpu} µs (off {off_cpu})"
+                out.append((f"HTTPS round trips, {name} (off {row['off_us_per_round_trip']} µs)", s, result, target))
     for s, t in res["tracers"].items():
         if "consumer_cpu_us_per_event" in t:
             out.append(("HTTPS round trips: consumer CPU per event (both clients)", s,
