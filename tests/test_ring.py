@@ -100,3 +100,16 @@ def test_the_batch_limit_leaves_the_rest_for_the_next_drain():
     assert r.read(limit=4) == [b"0", b"1", b"2", b"3"]
     assert r.read(limit=100) == [b"%d" % i for i in range(4, 10)]
     assert r.consumed == r.prod
+
+
+def test_a_reader_without_rings_waits_instead_of_spinning():
+    import time
+
+    from agentsight.bpf.ring import RingReader
+
+    reader = RingReader()
+    t = time.monotonic()
+    assert reader.poll(50) == []
+    assert time.monotonic() - t >= 0.045
+    assert reader.drain() == []
+    reader.close()

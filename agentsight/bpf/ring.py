@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import select
+import time
 
 from ..errors import AgentsightError
 from .object import BpfObject
@@ -126,8 +127,11 @@ class RingReader:
         The programs wake us only when data piles up; the drain after the
         wait picks up whatever arrived without a wake-up.
         """
-        if not self._full and self._epoll is not None:  # after a cut-short drain, more is waiting already
-            self._epoll.poll(timeout_ms / 1000)
+        if not self._full:  # after a cut-short drain, more is waiting already
+            if self._epoll is not None:
+                self._epoll.poll(timeout_ms / 1000)
+            else:  # no ring to wait on: still a wait, not a busy loop
+                time.sleep(timeout_ms / 1000)
         batch: list[bytes] = []
         for r in self._rings:
             r.read(batch, MAX_BATCH)
