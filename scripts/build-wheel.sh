@@ -28,7 +28,8 @@ wheel=$(ls "$work/repaired"/agentsight-*.whl)
 # goes beside libelf, and both libraries are pointed at that copy.
 step wheel unpack --dest "$work/unpacked" "$wheel"
 tree=$(ls -d "$work/unpacked"/agentsight-*)
-libz=$(ldconfig -p | awk '$1 == "libz.so.1" && /x86-64/ {print $NF; exit}')
+# awk reads to the end: leaving early would kill ldconfig with SIGPIPE, which pipefail makes fatal
+libz=$(ldconfig -p | awk '$1 == "libz.so.1" && /x86-64/ && !found {print $NF; found = 1}')
 [ -n "$libz" ] || { echo "scripts/build-wheel.sh: libz.so.1 not found (apt-get install zlib1g)" >&2; exit 1; }
 grafted="libz-$(sha256sum "$libz" | cut -c1-8).so.1"
 cp "$(readlink -f "$libz")" "$tree/agentsight.libs/$grafted"
