@@ -335,7 +335,10 @@ def _wait_for_interrupt() -> None:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         while True:
-            time.sleep(3600)
+            # Short sleeps: the kernel may hand the signal to one of the
+            # server's threads, which does not wake this one; its handler
+            # runs here when the sleep ends.
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
