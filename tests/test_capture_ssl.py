@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -183,22 +185,32 @@ def test_binary_override_hooks_only_that_file(https_server, capture):
 
 IN_MEMORY_TRANSFER = textwrap.dedent(
     """
-    # One process, a TLS client and server over a socketpair: the server writes
-    # CALLS chunks of SIZE bytes, the client reads until it has them all.
+    # One process, a TLS client and server over a socketpair: on a line on
+    # stdin the server writes CALLS chunks of SIZE bytes, and the client reads
+    # until it has them all ("burst"); on a second line, one chunk more (the
+    # total read).
     import socket, ssl, sys, threading
     cert, key, calls, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     sys.stdin.readline()
     a, b = socket.socketpair()
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.load_verify_locations(cert)
+    more = threading.Event()
     def serve():
         s = sctx.wrap_socket(a, server_side=True)
         for i in range(calls):
             s.sendall(bytes([65 + i % 26]) * size)
+        more.wait()
+        s.sendall(b"z" * size)
     t = threading.Thread(target=serve); t.start()
     c = cctx.wrap_socket(b, server_hostname="localhost")
     got = 0
     while got < calls * size:
+        got += len(c.recv(1 << 20))
+    print("burst", flush=True)
+    sys.stdin.readline()
+    more.set()
+    while got < (calls + 1) * size:
         got += len(c.recv(1 << 20))
     t.join()
     print(got)
@@ -212,11 +224,22 @@ def test_full_ring_losses_are_counted_exactly(https_server, capture):
                              str(https_server.key), str(calls), str(size)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # Room for one 16 KiB record at a time: a burst of them cannot all fit.
+        # Room for one 16 KiB record at a time, and the consumer stopped while
+        # the burst comes: most of it cannot fit, however fast the consumer
+        # would have drained.
         run = capture("ssl", "--pid", str(proc.pid), "--ring-size", "32K")
-        out, err = proc.communicate(b"go\n", timeout=60)
+        os.kill(run.proc.pid, signal.SIGSTOP)
+        try:
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == b"burst\n"
+        finally:
+            os.kill(run.proc.pid, signal.SIGCONT)
+        time.sleep(1)  # the consumer drains what fit (it polls every 0.1 s)
+        # One call after the losses: it carries them as its gap.
+        out, err = proc.communicate(b"more\n", timeout=60)
         assert proc.returncode == 0, err
-        assert int(out) == calls * size
+        assert int(out) == (calls + 1) * size
         events, stderr = run.stop()
     finally:
         if proc.poll() is None:
@@ -227,7 +250,7 @@ def test_full_ring_losses_are_counted_exactly(https_server, capture):
     lost_records, lost_bytes = int(m.group(1)), int(m.group(2))
     assert lost_records > 0, "the burst was expected to overflow a 32 KiB ring"
     # Every byte written and read is either captured or counted as lost.
-    assert captured + lost_bytes == 2 * calls * size
+    assert captured + lost_bytes == 2 * (calls + 1) * size
     for e in data_events:
         assert len(e["data"].encode()) + e["truncated"] == e["len"]
     # Whole calls that were lost show up as a gap before the next call on the conn.
