@@ -304,9 +304,11 @@ class _RequestReader(_Reader):
             return
         x.body_size += len(body)
         if not x.capped:
+            if x.hold is None:
+                x.hold = self.c.budget.hold()
             if x.body_size > MAX_REQUEST_BODY:
                 x.capped = True
-            elif not (x.hold if x.hold is not None else self._new_hold(x)).reserve(len(body)):
+            elif not x.hold.reserve(len(body)):
                 x.capped = True
                 self.c.stats["skipped.body_budget"] += 1
             else:
@@ -315,10 +317,6 @@ class _RequestReader(_Reader):
             x.body = []
             if x.hold is not None:
                 x.hold.release()
-
-    def _new_hold(self, x: _Exchange) -> BodyHold:
-        hold = x.hold = self.c.budget.hold()
-        return hold
 
     def on_message_complete(self) -> None:
         self.in_message = False

@@ -132,9 +132,7 @@ class RingReader:
                 self._epoll.poll(timeout_ms / 1000)
             else:  # no ring to wait on: still a wait, not a busy loop
                 time.sleep(timeout_ms / 1000)
-        batch: list[bytes] = []
-        for r in self._rings:
-            r.read(batch, MAX_BATCH)
+        batch = self._batch()
         self._full = len(batch) >= MAX_BATCH
         return batch
 
@@ -142,12 +140,17 @@ class RingReader:
         """Everything left, however many batches that takes."""
         records: list[bytes] = []
         while True:
-            batch: list[bytes] = []
-            for r in self._rings:
-                r.read(batch, MAX_BATCH)
+            batch = self._batch()
             records += batch
             if len(batch) < MAX_BATCH:
                 return records
+
+    def _batch(self) -> list[bytes]:
+        """What the rings hold now, MAX_BATCH records at most."""
+        batch: list[bytes] = []
+        for r in self._rings:
+            r.read(batch, MAX_BATCH)
+        return batch
 
     def close(self) -> None:
         for r in self._rings:
