@@ -11,6 +11,7 @@ Parts (one module each, see their docstrings):
   agent      agent-like workload (streamed LLM calls + a subprocess each): overhead of trace
   capacity   events/s the consumer sustains without loss: opens, SSL 100 B and 16 KiB
   startup    start-up to `ready` and peak RSS of trace, against bpftrace
+  syscalls   µs added to open+close and write+read of every process
 
 Each comparison alternates its conditions (A B A B ...) and reports medians.
 `--quick` takes under ~3 minutes; the full run up to ~15.
@@ -33,14 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agent_workload  # noqa: E402
 import capacity  # noqa: E402
 import https_rtt  # noqa: E402
+import syscalls  # noqa: E402
 import percall  # noqa: E402
 import startup  # noqa: E402
 from common import BENCH, LIBSSL, NODE, NOISE, REPO, end_all, log  # noqa: E402
 
-PARTS = {"percall": percall, "https": https_rtt, "agent": agent_workload, "capacity": capacity, "startup": startup}
+PARTS = {"percall": percall, "https": https_rtt, "agent": agent_workload, "capacity": capacity, "startup": startup,
+         "syscalls": syscalls}
 # Seconds each part may start new rounds for (a round under way finishes).
-BUDGET = {"quick": {"percall": 35, "https": 25, "agent": 35, "capacity": 45, "startup": 10},
-          "full": {"percall": 150, "https": 150, "agent": 200, "capacity": 240, "startup": 60}}
+BUDGET = {"quick": {"percall": 35, "https": 25, "agent": 35, "capacity": 45, "startup": 10, "syscalls": 20},
+          "full": {"percall": 150, "https": 150, "agent": 200, "capacity": 240, "startup": 60, "syscalls": 90}}
 
 
 def meta(quick: bool) -> dict:
@@ -116,7 +119,7 @@ def main() -> int:
         return 130
 
     parts = results["parts"]
-    for name in ("percall", "https", "agent", "capacity"):
+    for name in ("percall", "https", "agent", "capacity", "syscalls"):
         if name in parts:
             rows += PARTS[name].rows(parts[name])
     if "startup" in parts:
