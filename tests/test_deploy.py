@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import kubernetes_validate
+import orjson
 import pytest
 import yaml
 
@@ -81,3 +82,27 @@ def test_systemd_unit_verifies(tmp_path):
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
     bounding = next(line for line in text.splitlines() if line.startswith("CapabilityBoundingSet="))
     assert set(bounding.split("=", 1)[1].split()) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
+
+
+@pytest.mark.bpf
+def test_trace_captures_with_only_the_capabilities_the_unit_gives(capture, https_server, tmp_path):
+    """Where tracefs is not mounted, too: the unit's set must let agentsight mount it (privately)."""
+    bounding = next(line for line in UNIT.read_text().splitlines() if line.startswith("CapabilityBoundingSet="))
+    keep = ",".join("+" + c.removeprefix("CAP_").lower() for c in bounding.split("=", 1)[1].split())
+    raw = tmp_path / "raw.jsonl"
+    without_tracefs = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                       "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
+                       'exec "$@"', "sh"]
+    run = capture("trace", "--raw", str(raw), wrapper=[*without_tracefs, "setpriv", f"--bounding-set=-all,{keep}"])
+    marker = tmp_path / "marker"
+    marker.write_text("x")
+    curl = subprocess.run(["curl", "-sS", "--http1.1", "--cacert", str(https_server.cert), https_server.url + "/"],
+                          capture_output=True, timeout=30)
+    assert curl.returncode == 0, curl.stderr
+    _, stderr = run.stop()
+    assert "tracefs is not mounted: mounting it" in stderr  # the case the unit's SYS_ADMIN is for
+    events = [orjson.loads(line) for line in raw.read_bytes().splitlines()]
+    assert any(e["type"] == "open" and e["path"] == str(marker) for e in events), stderr
+    sent = b"".join(e["data"].encode() for e in events if e["type"] == "ssl" and e["comm"] == "curl"
+                    and e["dir"] == "send")
+    assert sent.startswith(b"GET / HTTP/1.1\r\n"), stderr
