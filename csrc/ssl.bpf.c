@@ -345,21 +345,43 @@ static long find_basename(__u32 i, struct basename_ctx *c)
 	return 0;
 }
 
-/* Is the last path component libssl* or libgnutls*? */
-static __always_inline bool tls_library_name(const char *path, __u32 len)
+/* Where the last path component starts. Runs on every open of every
+ * process: the last BASENAME_SCAN bytes are looked through in place, and only
+ * a longer last component takes the loop over the whole path. */
+#define BASENAME_SCAN 48
+static __always_inline __u32 basename_at(const char *path, __u32 len)
 {
+#pragma unroll
+	for (__u32 i = 1; i <= BASENAME_SCAN; i++) {
+		if (i > len)
+			return 0;
+		if (path[(len - i) & (PATH_MAX_LEN - 1)] == '/')
+			return len - i + 1;
+	}
 	struct basename_ctx c = { .path = path, .len = len };
 
 	bpf_loop(PATH_MAX_LEN, find_basename, &c, 0);
-	if (c.base > PATH_MAX_LEN - 10)
-		return false;
-	const char *b = path + c.base;
+	return c.base;
+}
 
-	if (b[0] != 'l' || b[1] != 'i' || b[2] != 'b')
+/* Is the last path component libssl* or libgnutls*? Each byte is indexed
+ * under the path's mask: the verifier loses the bound of the check above
+ * when the compiler copies the offset to another register. */
+static __always_inline bool tls_library_name(const char *path, __u32 len)
+{
+	__u32 base = basename_at(path, len);
+
+	if (base > PATH_MAX_LEN - 10)
 		return false;
-	if (b[3] == 's' && b[4] == 's' && b[5] == 'l')
+	barrier_var(base); /* keeps the masks below, which the compiler would drop after the check */
+#define NAME_AT(k) path[(base + (k)) & (PATH_MAX_LEN - 1)]
+	if (NAME_AT(0) != 'l' || NAME_AT(1) != 'i' || NAME_AT(2) != 'b')
+		return false;
+	if (NAME_AT(3) == 's' && NAME_AT(4) == 's' && NAME_AT(5) == 'l')
 		return true;
-	return b[3] == 'g' && b[4] == 'n' && b[5] == 'u' && b[6] == 't' && b[7] == 'l' && b[8] == 's';
+	return NAME_AT(3) == 'g' && NAME_AT(4) == 'n' && NAME_AT(5) == 'u' && NAME_AT(6) == 't' && NAME_AT(7) == 'l' &&
+	       NAME_AT(8) == 's';
+#undef NAME_AT
 }
 
 static __always_inline int library_open_enter(const char *path)

@@ -178,3 +178,33 @@ def test_python_in_another_mount_namespace(https_server, capture, tmp_path):
     # meanwhile are TLS files too.
     hooked = re.search(r"hooked (\d+) more files while running \(", stderr)
     assert hooked and int(hooked.group(1)) >= 1, stderr
+
+
+@pytest.mark.parametrize("where", ["deep directory", "long file name"])
+def test_libssl_loaded_later_from_a_new_path(where, https_server, capture, tmp_path):
+    """A copy of libssl that curl loads after the capture started, from a path
+    the kernel's notice must recognise: a short name under a directory longer
+    than the notice scans in place, or a name longer than that, which takes
+    the scan over the whole path. The copy is another inode: only its own
+    hooks can capture its calls."""
+    system_libssl = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    if where == "deep directory":
+        directory = tmp_path / ("d" * 60) / ("e" * 60)
+        directory.mkdir(parents=True)
+        copy = directory / "libssl.so.3"
+        env = {"LD_LIBRARY_PATH": str(directory)}
+    else:
+        copy = tmp_path / f"libssl-{'0123456789abcdef' * 4}.so.3"
+        env = {"LD_PRELOAD": str(copy)}  # its SONAME is libssl.so.3: curl's need for it is met
+    shutil.copy2(system_libssl, copy)
+    run = capture("ssl")
+    proc = subprocess.Popen(["curl", "-sS", "--http1.1", "--cacert", str(https_server.cert), "--data-binary",
+                             "from-a-new-path", https_server.url + "/echo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    out, err = proc.communicate(timeout=60)
+    assert out == b"echo:from-a-new-path", err
+    with open("/proc/self/maps") as maps:
+        assert str(copy) not in maps.read()  # the test's own process never loaded it
+    events, stderr = run.stop()
+    assert stream(events, proc.pid, "send").endswith(b"from-a-new-path"), stderr
+    assert stream(events, proc.pid, "recv").endswith(b"echo:from-a-new-path"), stderr
