@@ -21,8 +21,9 @@ alone or also the kind of work it is (a spin touches almost no memory; on
 this VM a busy vCPU can even speed the workload up, since it is never
 halted and woken).
 
-Reported: the slowdown ratio (median time with / median time without),
-and the CPU time the client and the server spent per round trip (over all rounds),
+Reported: the slowdown ratio (the median over rounds of each round's time
+with / the same round's time without, and their lowest and highest), and
+the CPU time the client and the server spent per round trip (over all rounds),
 which tells what the probes cost the traced processes from what they
 spent waiting.
 """
@@ -113,7 +114,11 @@ def run(cfg: dict) -> dict:
             if s == "off":
                 continue
             med = median(times[s][name])
-            out["clients"][name][s] = {"us_per_round_trip": round(med / 1000, 1), "ratio": round(med / base, 3),
+            # Each against the `off` of its own round: the machine's speed
+            # drifts between rounds, less within one.
+            per_round = [x / o for x, o in zip(times[s][name], times["off"][name])]
+            out["clients"][name][s] = {"us_per_round_trip": round(med / 1000, 1), "ratio": round(median(per_round), 3),
+                                       "ratio_range": [round(min(per_round), 3), round(max(per_round), 3)],
                                        "samples_us": [round(x / 1000, 1) for x in times[s][name]]}
             spent, trips = traced_cpu[s][name], traced_trips[s][name]
             if trips:
@@ -143,7 +148,8 @@ def rows(res: dict) -> list[tuple]:
                   "floor: BPF, no consumer", "floor: BPF, ring drained", DECODE_FLOOR, WORK_FLOOR):
             if s in row:
                 target = "<= 1.10x, < bpftrace" if s == "agentsight trace" else ""
-                result = f"{row[s]['ratio']:.2f}x ({row[s]['us_per_round_trip']} µs)"
+                low, high = row[s].get("ratio_range", (row[s]["ratio"],) * 2)
+                result = f"{row[s]['ratio']:.2f}x ({low:.2f}-{high:.2f}; {row[s]['us_per_round_trip']} µs)"
                 cpu = row[s].get("traced_cpu_us_per_round_trip")
                 if cpu is not None and off_cpu is not None:
                     result += f"; client+server CPU {cpu} µs (off {off_cpu})"
