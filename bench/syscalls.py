@@ -107,5 +107,5 @@ def rows(res: dict) -> list[tuple]:
             under = s + (" (follows reads: an AEAD program is hooked)" if s == "agentsight trace" and follows
                          and loop == "read" else "")
             out.append((f"syscalls {row['label']} (off {row['off_ns_per_pair'] / 1000:.2f} µs)", under,
-                        f"+{v['added_us_per_pair']:.3f} µs/pair", ""))
+                        f"{v['added_us_per_pair']:+.3f} µs/pair", ""))
     return out
