@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
-from common import (PY, WORKERS, Agentsight, Worker, log, median, note_foreign, parse_summary, quiet_round,
-                    rotated, scratch_dir)
+from common import (PY, WORKERS, Agentsight, Worker, median, parse_summary, rotated, scratch_dir, timed_rounds)
 
 # The capture under test: the client runs under `agentsight record -- CMD`
 # (set "trace" to measure a system-wide trace instead).
@@ -68,12 +66,7 @@ def run(cfg: dict) -> dict:
         seconds = {v: {c: [] for c in conditions} for v in variants}
         summaries = []
         try:
-            deadline = time.monotonic() + cfg["budget_s"]
-            for r in range(rounds):
-                if r and time.monotonic() > deadline:
-                    log("agent: time budget reached, fewer rounds")
-                    break
-                quiet_round("agent", 5 if cfg["quick"] else 20)
+            for r in timed_rounds("agent", rounds, cfg):
                 for v, delay in variants.items():
                     server.call(f"script {CHUNKS * PIECE} {PIECE} {delay}")
                     for c in rotated(list(conditions), r):
@@ -83,8 +76,6 @@ def run(cfg: dict) -> dict:
                             summaries.append(summary)
                         chunks = res["chunks"] / res["calls"]
                     server.call("reset")
-                note_foreign("agent")
-                log(f"agent: round {r + 1}/{rounds} done")
         finally:
             server.close()
 

@@ -165,6 +165,20 @@ def note_foreign(part: str) -> None:
         NOISE.append({"part": part, "at": time.strftime("%H:%M:%S"), "tracers": found[:3], "when": "during"})
 
 
+def timed_rounds(part: str, rounds: int, cfg: dict, quiet_s: float = 20.0):
+    """Round numbers 0, 1, ... of a part, as many as its time budget lets start:
+    each after foreign tracers had time to go, each noted if one came."""
+    deadline = time.monotonic() + cfg["budget_s"]
+    for r in range(rounds):
+        if r and time.monotonic() > deadline:
+            log(f"{part}: time budget reached, fewer rounds")
+            return
+        quiet_round(part, 5 if cfg["quick"] else quiet_s)
+        yield r
+        note_foreign(part)
+        log(f"{part}: round {r + 1}/{rounds} done")
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time a process has used so far."""
     try:

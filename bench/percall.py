@@ -16,11 +16,10 @@ Reported: median µs added per call against the same run's `off`.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from common import (LIBSSL, PY, WORKERS, Agentsight, Bpftrace, NoTracer, Worker, bpftrace_script, certificate,
-                    compile_c, log, median, note_foreign, quiet_round, rotated, scratch_dir)
+                    compile_c, median, rotated, scratch_dir, timed_rounds)
 
 PAYLOAD = 64
 FUNCTIONS = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"]
@@ -62,14 +61,9 @@ def _measure(workers: dict[str, Worker], rounds: int, n: int, batches: int, tmp:
     # samples[session][worker] = [ns per call, one per round]
     samples = {s: {w: [] for w in workers} for s in sessions}
     events = {s: {w: [] for w in workers} for s in sessions}
-    deadline = time.monotonic() + cfg["budget_s"]
     for w in workers.values():                              # warm up
         w.call(f"calls {n} {PAYLOAD}")
-    for r in range(rounds):
-        if r and time.monotonic() > deadline:
-            log("percall: time budget reached, fewer rounds")
-            break
-        quiet_round("percall", 5 if cfg["quick"] else 20)
+    for r in timed_rounds("percall", rounds, cfg):
         for name in rotated(list(sessions), r):
             start, per_worker = sessions[name]
             groups = [[w] for w in workers] if per_worker else [list(workers)]
@@ -86,8 +80,6 @@ def _measure(workers: dict[str, Worker], rounds: int, n: int, batches: int, tmp:
                 if summary.get("events") is not None:   # for `all`, other processes' calls count too
                     for g in group:
                         events[name][g].append(summary["events"] / (batches * 2 * n * len(group)))
-        note_foreign("percall")
-        log(f"percall: round {r + 1}/{rounds} done")
 
     results = {"payload_bytes": PAYLOAD, "round_trips_per_batch": n, "rounds": len(samples["off"][next(iter(workers))]),
                "workers": {}}

@@ -18,11 +18,10 @@ Reported: median µs added per pair of syscalls against the same run's `off`.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from common import (WORKERS, Agentsight, Bpftrace, NoTracer, Worker, compile_c, log, median, note_foreign,
-                    quiet_round, rotated, scratch_dir)
+from common import (WORKERS, Agentsight, Bpftrace, NoTracer, Worker, compile_c, median, rotated, scratch_dir,
+                    timed_rounds)
 
 from agentsight.collectors.tls.libraries import AEAD_KINDS
 
@@ -58,14 +57,9 @@ def _measure(worker: Worker, rounds: int, n: int, batches: int, tmp: Path, cfg: 
     }
     samples: dict[str, dict[str, list[float]]] = {s: {loop: [] for loop in LOOPS} for s in sessions}
     aead_hooked: set[bool] = set()
-    deadline = time.monotonic() + cfg["budget_s"]
     for loop in LOOPS:  # warm up
         worker.call(f"{loop} {n}")
-    for r in range(rounds):
-        if r and time.monotonic() > deadline:
-            log("syscalls: time budget reached, fewer rounds")
-            break
-        quiet_round("syscalls", 5 if cfg["quick"] else 15)
+    for r in timed_rounds("syscalls", rounds, cfg, 15):
         for name in rotated(list(sessions), r):
             tracer = sessions[name]()
             try:
@@ -76,8 +70,6 @@ def _measure(worker: Worker, rounds: int, n: int, batches: int, tmp: Path, cfg: 
                     samples[name][loop].append(median([x["ns"] / x["calls"] for x in res]))
             finally:
                 tracer.stop()
-        note_foreign("syscalls")
-        log(f"syscalls: round {r + 1}/{rounds} done")
 
     out: dict = {"pairs_per_batch": n, "rounds": len(samples["off"]["open"]),
                  "trace_follows_reads": sorted(aead_hooked), "loops": {}}
