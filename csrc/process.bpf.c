@@ -249,13 +249,16 @@ struct syscall_args {
 	__s32 flags;
 	__u32 op;
 	__u8 sockaddr[28]; /* connect: sockaddr_in or sockaddr_in6 */
-	__u32 reserved;
+	__u32 active; /* entered, not returned yet */
 };
 
+/* The syscall under way on each thread, as ssl.bpf.c keeps its calls: task
+ * storage is found from the task itself, without the hashing and bucket
+ * lock of a map keyed by thread, and goes away with the thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct syscall_args);
 } pending SEC(".maps");
 
@@ -263,15 +266,25 @@ static __always_inline int save_args(struct syscall_args *args)
 {
 	if (!task_wanted())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
+	struct syscall_args *saved = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
+							  BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	bpf_map_update_elem(&pending, &id, args, BPF_ANY);
+	if (saved) {
+		*saved = *args;
+		saved->active = 1;
+	}
 	return 0;
 }
 
-static __always_inline struct syscall_args *take_args(__u64 id)
+/* The arguments its entry saved, once: NULL if it was not saved. */
+static __always_inline struct syscall_args *take_args(void)
 {
-	return bpf_map_lookup_elem(&pending, &id);
+	struct syscall_args *saved = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
+
+	if (!saved || !saved->active)
+		return NULL;
+	saved->active = 0;
+	return saved;
 }
 
 static __always_inline int open_enter(int dfd, const char *path, __s32 flags)
@@ -283,8 +296,7 @@ static __always_inline int open_enter(int dfd, const char *path, __s32 flags)
 
 static __always_inline int open_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct syscall_args *args = take_args(id);
+	struct syscall_args *args = take_args();
 
 	if (!args)
 		return 0;
@@ -292,7 +304,7 @@ static __always_inline int open_exit(long ret)
 	struct open_event *ev = bpf_map_lookup_elem(&scratch, &zero);
 
 	if (!ev)
-		goto out;
+		return 0;
 	fill_header(&ev->hdr, EVENT_OPEN);
 	ev->ret = ret;
 	ev->flags = args->flags;
@@ -307,8 +319,6 @@ static __always_inline int open_exit(long ret)
 	ev->resolved_len = ret >= 0 ? resolve_fd(ret, ev->data + len, &truncated) : 0;
 	ev->resolved_truncated = truncated;
 	submit(ev, offsetof(struct open_event, data) + len + (ev->resolved_len & (PATH_RESOLVED_BUF - 1)), 0);
-out:
-	bpf_map_delete_elem(&pending, &id);
 	return 0;
 }
 
@@ -372,8 +382,7 @@ static __always_inline __u32 copy_path(char *dst, __u64 src)
 
 static __always_inline int file_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct syscall_args *args = take_args(id);
+	struct syscall_args *args = take_args();
 
 	if (!args)
 		return 0;
@@ -381,7 +390,7 @@ static __always_inline int file_exit(long ret)
 	struct file_event *ev = bpf_map_lookup_elem(&scratch, &zero);
 
 	if (!ev)
-		goto out;
+		return 0;
 	fill_header(&ev->hdr, EVENT_FILE);
 	ev->ret = ret;
 	ev->op = args->op;
@@ -408,8 +417,6 @@ static __always_inline int file_exit(long ret)
 	}
 	off += ev->dir2_len & (PATH_RESOLVED_BUF - 1);
 	submit(ev, offsetof(struct file_event, data) + (off & (FILE_DATA_BUF - 1)), 0);
-out:
-	bpf_map_delete_elem(&pending, &id);
 	return 0;
 }
 
@@ -512,8 +519,7 @@ int enter_connect(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct syscall_args *args = take_args(id);
+	struct syscall_args *args = take_args();
 
 	if (!args)
 		return 0;
@@ -528,6 +534,5 @@ int exit_connect(struct trace_event_raw_sys_exit *ctx)
 	else
 		__builtin_memcpy(ev.addr, args->sockaddr + 8, 16);
 	submit(&ev, sizeof(ev), 0);
-	bpf_map_delete_elem(&pending, &id);
 	return 0;
 }
