@@ -38,20 +38,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import BENCH, PY, WORKERS, Agentsight, Worker, certificate, compile_c, log, scratch_dir
+from common import BENCH, PY, WORKERS, Agentsight, Worker, certificate, compile_c, cpu_seconds, log, scratch_dir
 
 from agentsight.collectors.live import REORDER_NS
 
 MAX_LAG_S = 0.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def wait_idle(pid: int, since: float, limit: float = 30.0) -> float:

@@ -180,7 +180,14 @@ def timed_rounds(part: str, rounds: int, cfg: dict, quiet_s: float = 20.0):
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a process has used so far."""
+    """User + system CPU time a process (all its threads, those that ended
+    too) has used so far, to the nanosecond: its CPU-time clock, whose id
+    Linux makes from the pid. /proc/PID/stat, the fallback, counts in 10 ms
+    clock ticks."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # the process's CPUCLOCK_SCHED
+    except OSError:
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

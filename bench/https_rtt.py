@@ -65,7 +65,7 @@ def run(cfg: dict) -> dict:
         times = {s: {c: [] for c in clients} for s in sessions}
         # CPU time of the traced processes (client and server), and the round
         # trips it was spent on: what the probes cost them, apart from waiting.
-        # Summed over all rounds: one round's CPU is a few clock ticks.
+        # Summed over all rounds.
         traced_cpu = {s: {c: 0.0 for c in clients} for s in sessions}
         traced_trips = {s: {c: 0 for c in clients} for s in sessions}
         stats = {s: [] for s in sessions}
