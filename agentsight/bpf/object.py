@@ -128,18 +128,18 @@ class BpfObject:
             raise AgentsightError(f"{self.name}: no program {name}")
         return prog
 
-    def map_fd(self, name: str) -> int:
+    def _map(self, name: str):
         m = lib().bpf_object__find_map_by_name(self._obj, name.encode())
         if m == ffi.NULL:
             raise AgentsightError(f"{self.name}: no map {name}")
-        return lib().bpf_map__fd(m)
+        return m
+
+    def map_fd(self, name: str) -> int:
+        return lib().bpf_map__fd(self._map(name))
 
     def map_size(self, name: str) -> int:
         """A map's max_entries (for a ring buffer: its size in bytes)."""
-        m = lib().bpf_object__find_map_by_name(self._obj, name.encode())
-        if m == ffi.NULL:
-            raise AgentsightError(f"{self.name}: no map {name}")
-        return int(lib().bpf_map__max_entries(m))
+        return int(lib().bpf_map__max_entries(self._map(name)))
 
     def update(self, map_name: str, key: bytes, value: bytes) -> None:
         if lib().bpf_map_update_elem(self.map_fd(map_name), key, value, 0) != 0:

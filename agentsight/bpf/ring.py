@@ -114,11 +114,15 @@ class RingReader:
         fd = obj.map_fd(ring)
         try:
             r = _Ring.map(fd, obj.map_size(ring))
+        except OSError as exc:
+            raise AgentsightError(f"cannot map the ring buffer {ring} of {obj.name}: {exc.strerror}") from None
+        try:
             if self._epoll is None:
                 self._epoll = select.epoll()
             self._epoll.register(fd, select.EPOLLIN)
         except OSError as exc:
-            raise AgentsightError(f"cannot map the ring buffer {ring} of {obj.name}: {exc.strerror}") from None
+            r.close()
+            raise AgentsightError(f"cannot wait on the ring buffer {ring} of {obj.name}: {exc.strerror}") from None
         self._rings.append(r)
 
     def poll(self, timeout_ms: int) -> list[bytes]:
