@@ -165,6 +165,29 @@ def test_connection_close_then_no_more_parsing():
     assert one_http(out)["response_size"] == 3
 
 
+@pytest.mark.parametrize("version, headers, closes", [
+    ("1.1", {"Connection": "close"}, True),
+    ("1.1", {"Connection": "upgrade, Close"}, True),
+    ("1.0", {}, True),
+    ("1.0", {"Connection": "Keep-Alive"}, False),
+    ("1.1", {}, False),
+])
+def test_the_client_saying_it_closes_ends_the_responses(version, headers, closes):
+    """Only the request says whether the connection ends after its
+    response: bytes after that response are not the next one's."""
+    c = Capture()
+    c.send(get("/a", headers=headers).replace(b"HTTP/1.1", b"HTTP/" + version.encode(), 1))
+    c.recv(response(200, b"one"))
+    later = response(200, b"two")
+    c.recv(later)
+    out, p = run(c.events)
+    assert one_http(out)["response_size"] == 3
+    if closes:
+        assert p.stats["skipped.bytes"] == len(later) and "skipped.unanswered_responses" not in p.stats
+    else:  # a response that no request asked for (yet)
+        assert p.stats["skipped.unanswered_responses"] == 1
+
+
 def test_websocket_upgrade_hands_the_connection_over():
     c = Capture()
     c.send(get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"}))

@@ -76,7 +76,7 @@ class _Unanswered(_Stop):
 class _Exchange:
     __slots__ = ("xid", "started", "tid", "comm", "method", "target", "headers", "version", "body",
                  "body_size", "capped", "incomplete", "responded", "resp_size", "switch", "until_close", "early",
-                 "ended", "head", "switch_response", "hold")
+                 "ended", "head", "switch_response", "hold", "keep_alive")
 
     def __init__(self, started: int, tid: int, comm: str) -> None:
         self.xid = next(xids)
@@ -96,27 +96,12 @@ class _Exchange:
         self.resp_size = 0
         self.switch = False  # the request asked to switch protocols (CONNECT, Upgrade)
         self.until_close = False  # the response body ends when the connection does
+        self.keep_alive = True  # the client means to send more requests after this one
         # A response read before its request: its events, until the request comes.
         self.early: list[object] | None = None
         self.ended = False
         self.head: HttpRequest | None = None  # a request that asked to switch, as passed on
         self.switch_response: HttpResponse | None = None  # its 101, handed over in a StreamSwitched
-
-
-def _closes(headers: Headers) -> bool:
-    for k, v in headers:
-        if k == b"connection" and b"close" in [t.strip() for t in v.lower().split(b",")]:
-            return True
-    return False
-
-
-def _request_keeps_alive(x: _Exchange) -> bool:
-    """Whether the client means to send more requests after this one."""
-    if _closes(x.headers):
-        return False
-    if x.version == "1.0":
-        return any(k == b"connection" and b"keep-alive" in v.lower() for k, v in x.headers)
-    return True
 
 
 def _until_close(status: int, method: str, headers: Headers) -> bool:
@@ -294,6 +279,7 @@ class _RequestReader(_Reader):
         x.method = parser.get_method().decode("latin-1")  # type: ignore[union-attr]
         x.version = parser.get_http_version()
         x.switch = parser.should_upgrade()
+        x.keep_alive = parser.should_keep_alive()  # llhttp reads Connection and the version
         if x.switch:
             # llhttp leaves the body of such a request to the caller
             self.body_left = next((int(v) for k, v in x.headers if k == b"content-length" and v.isdigit()), 0)
@@ -593,7 +579,7 @@ class _ResponseReader(_Reader):
             return
         x.responded = True
         x.until_close = _until_close(status, x.method, self.headers)
-        self.c.keep_alive = parser.should_keep_alive() and not _closes(self.headers) and _request_keeps_alive(x)
+        self.c.keep_alive = parser.should_keep_alive() and x.keep_alive
         head = HttpResponse(x.xid, self.c.key, self.ts, status, self.headers, parser.get_http_version())
         if status == 101 and x.head is not None and x.early is None and x.method != "CONNECT":
             x.switch_response = head
